@@ -1,0 +1,16 @@
+//! Dino's compute kernels. Models call these; they never name an instruction set themselves.
+//!
+//! - `quant`: ggml-compatible quant blocks, (de)quantization and dot products per tensor type.
+//! - `dispatch`: the run-time kernel table, filled once from CPU feature detection (`DINO_ISA`).
+//! - `pool`: the persistent thread pool.
+//! - `matmul`: weight × activation products over any supported weight type.
+//! - `ops`: RMSNorm, RoPE, softmax, SwiGLU, attention.
+
+pub mod dispatch;
+pub mod matmul;
+pub mod ops;
+pub mod pool;
+pub mod quant;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
