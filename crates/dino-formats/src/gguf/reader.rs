@@ -1,0 +1,482 @@
+use super::value::{Array, Metadata, Value, ValueType};
+use super::{DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
+use dino_core::{Error, GgmlType, Result};
+use memmap2::Mmap;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Where a tensor lives in the file and what it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ggml order: `dims[0]` is the row length (contiguous), `dims[1]` the number of rows, ...
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    /// Offset from the start of the data section (checked: aligned and inside the file).
+    pub offset: u64,
+    /// Bytes of data (checked against the file).
+    pub size: u64,
+}
+
+impl TensorInfo {
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+    /// Row length (`dims[0]`).
+    pub fn ne0(&self) -> u64 {
+        self.dims.first().copied().unwrap_or(1)
+    }
+    /// Rows: product of all dims but the first.
+    pub fn n_rows(&self) -> u64 {
+        self.dims.iter().skip(1).product()
+    }
+}
+
+enum Backing {
+    Mmap(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mmap(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
+/// A GGUF file opened over mmap. Parsing validates the header completely; tensor data is
+/// only touched when asked for.
+pub struct GgufFile {
+    path: PathBuf,
+    data: Backing,
+    version: u32,
+    metadata: Metadata,
+    tensors: Vec<TensorInfo>,
+    tensor_index: HashMap<String, usize>,
+    alignment: u64,
+    data_offset: u64,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("n_kv", &self.metadata.len())
+            .field("n_tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl GgufFile {
+    /// Open and validate `path`; tensor data stays on disk until read through the mmap.
+    pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let file = File::open(path).map_err(|e| Error::io(&shown, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&shown, e))?.len();
+        if len == 0 {
+            return Err(Error::format(&shown, "file is empty, not a GGUF file"));
+        }
+        // SAFETY: the map is read-only and lives as long as `GgufFile`. Like every mmap reader we
+        // rely on the file not being truncated or rewritten by another process while mapped.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&shown, e))?;
+        Self::parse(path.to_path_buf(), Backing::Mmap(mmap))
+    }
+
+    /// Parse a GGUF image held in memory (tests, fuzzing, small embedded files).
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<GgufFile> {
+        Self::parse(name.into(), Backing::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, data: Backing) -> Result<GgufFile> {
+        let shown = path.display().to_string();
+        let bytes = data.bytes();
+        let mut r = Cursor {
+            buf: bytes,
+            pos: 0,
+            file: &shown,
+        };
+        let magic = r.u32("magic")?;
+        if magic != MAGIC {
+            return Err(Error::format(
+                &shown,
+                format!("not a GGUF file (magic {magic:#010x}, expected \"GGUF\")"),
+            ));
+        }
+        let version = r.u32("version")?;
+        match version {
+            2 | 3 => {}
+            1 => {
+                return Err(Error::format(
+                    &shown,
+                    "GGUF version 1 is not supported (convert it to v3 with current tools)",
+                ))
+            }
+            v if v.swap_bytes() <= 3 => {
+                return Err(Error::format(
+                    &shown,
+                    "big-endian GGUF files are not supported",
+                ))
+            }
+            v => {
+                return Err(Error::format(
+                    &shown,
+                    format!("unsupported GGUF version {v}"),
+                ))
+            }
+        }
+        let n_tensors = r.u64("tensor count")?;
+        let n_kv = r.u64("metadata count")?;
+        // Each key/value takes at least 8 (key len) + 4 (type) + 1 bytes; each tensor info at
+        // least 8 + 4 + 4 + 8. Bound the counts by what the file can hold before allocating.
+        r.check_count(n_kv, 13, "metadata count")?;
+        r.check_count(n_tensors, 24, "tensor count")?;
+
+        let mut metadata = Metadata::new(&shown);
+        for i in 0..n_kv {
+            let key = r.string(&format!("metadata entry {i} key"))?;
+            let ctx = format!("metadata key '{key}'");
+            if metadata.contains(&key) {
+                return Err(Error::format(&shown, format!("duplicate {ctx}")));
+            }
+            let ty_id = r.u32(&ctx)?;
+            let ty = ValueType::from_id(ty_id).ok_or_else(|| {
+                Error::format(&shown, format!("{ctx}: unknown value type {ty_id}"))
+            })?;
+            let value = r.value(ty, &ctx, 0)?;
+            metadata.insert(key, value);
+        }
+
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(Value::U32(a)) if *a != 0 && a.is_power_of_two() => *a as u64,
+            Some(v) => {
+                return Err(Error::format(
+                    &shown,
+                    format!(
+                        "metadata key 'general.alignment': must be a non-zero power of two u32, found {v}"
+                    ),
+                ))
+            }
+        };
+
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
+        for i in 0..n_tensors {
+            let name = r.string(&format!("tensor {i} name"))?;
+            let ctx = format!("tensor '{name}'");
+            let n_dims = r.u32(&ctx)? as usize;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(Error::format(
+                    &shown,
+                    format!("{ctx}: {n_dims} dimensions (1 to {MAX_DIMS} allowed)"),
+                ));
+            }
+            let mut dims = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                let d = r.u64(&ctx)?;
+                if d == 0 || d > i64::MAX as u64 {
+                    return Err(Error::format(&shown, format!("{ctx}: invalid dimension {d}")));
+                }
+                dims.push(d);
+            }
+            let ty_id = r.u32(&ctx)?;
+            let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
+                Error::format(&shown, format!("{ctx}: unknown tensor type id {ty_id}"))
+            })?;
+            let offset = r.u64(&ctx)?;
+            if offset % alignment != 0 {
+                return Err(Error::format(
+                    &shown,
+                    format!("{ctx}: data offset {offset} is not a multiple of the alignment {alignment}"),
+                ));
+            }
+            let n_elem = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| Error::format(&shown, format!("{ctx}: element count overflows")))?;
+            if dims[0] % ty.block_size() as u64 != 0 {
+                return Err(Error::format(
+                    &shown,
+                    format!(
+                        "{ctx}: row length {} is not a multiple of the {} block size {}",
+                        dims[0],
+                        ty,
+                        ty.block_size()
+                    ),
+                ));
+            }
+            let size = ty
+                .row_size(n_elem)
+                .ok_or_else(|| Error::format(&shown, format!("{ctx}: byte size overflows")))?;
+            if tensor_index.insert(name.clone(), tensors.len()).is_some() {
+                return Err(Error::format(&shown, format!("duplicate {ctx}")));
+            }
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset,
+                size,
+            });
+        }
+
+        let header_end = r.pos as u64;
+        let data_offset = header_end.div_ceil(alignment) * alignment;
+        let file_len = bytes.len() as u64;
+        if !tensors.is_empty() && data_offset > file_len {
+            return Err(Error::format(
+                &shown,
+                format!("file truncated: data section would start at {data_offset}, file has {file_len} bytes"),
+            ));
+        }
+        for t in &tensors {
+            let end = data_offset
+                .checked_add(t.offset)
+                .and_then(|s| s.checked_add(t.size));
+            match end {
+                Some(end) if end <= file_len => {}
+                _ => {
+                    return Err(Error::format(
+                        &shown,
+                        format!(
+                            "tensor '{}': data [{}+{}, {} bytes] lies outside the file ({} bytes); the file is truncated or corrupt",
+                            t.name, data_offset, t.offset, t.size, file_len
+                        ),
+                    ))
+                }
+            }
+        }
+
+        Ok(GgufFile {
+            path,
+            data,
+            version,
+            metadata,
+            tensors,
+            tensor_index,
+            alignment,
+            data_offset,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+    /// Absolute offset of the data section.
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+    /// Size of the whole file image.
+    pub fn file_size(&self) -> u64 {
+        self.data.bytes().len() as u64
+    }
+
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The tensor's bytes, straight from the map (bounds were checked at open).
+    pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
+        let start = (self.data_offset + info.offset) as usize;
+        &self.data.bytes()[start..start + info.size as usize]
+    }
+
+    /// Look a tensor up by name: its info and bytes.
+    pub fn tensor(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        Ok((info, self.tensor_data(info)))
+    }
+
+    /// The whole mapped image (for `madvise`-style prefetching by callers).
+    pub fn bytes(&self) -> &[u8] {
+        self.data.bytes()
+    }
+}
+
+/// Bounds-checked little-endian reader over the file image.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    file: &'a str,
+}
+
+impl<'a> Cursor<'a> {
+    fn remaining(&self) -> u64 {
+        (self.buf.len() - self.pos) as u64
+    }
+
+    fn truncated(&self, what: &str, need: u64) -> Error {
+        Error::format(
+            self.file,
+            format!(
+                "{what}: file truncated (need {need} bytes at offset {}, {} left)",
+                self.pos,
+                self.remaining()
+            ),
+        )
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if (n as u64) > self.remaining() {
+            return Err(self.truncated(what, n as u64));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn arr<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let s = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.arr(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.arr(what)?))
+    }
+
+    /// A count read from the file must fit in what is left of it, at `min_size` bytes an item.
+    fn check_count(&self, n: u64, min_size: u64, what: &str) -> Result<()> {
+        match n.checked_mul(min_size) {
+            Some(b) if b <= self.remaining() => Ok(()),
+            _ => Err(Error::format(
+                self.file,
+                format!(
+                    "{what} {n} is impossible: the {} bytes left cannot hold that many",
+                    self.remaining()
+                ),
+            )),
+        }
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        let len = self.u64(what)?;
+        if len > self.remaining() {
+            return Err(self.truncated(&format!("{what} (string of {len} bytes)"), len));
+        }
+        let bytes = self.take(len as usize, what)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| Error::format(self.file, format!("{what}: string is not valid UTF-8")))
+    }
+
+    fn value(&mut self, ty: ValueType, ctx: &str, depth: usize) -> Result<Value> {
+        Ok(match ty {
+            ValueType::U8 => Value::U8(self.arr::<1>(ctx)?[0]),
+            ValueType::I8 => Value::I8(self.arr::<1>(ctx)?[0] as i8),
+            ValueType::U16 => Value::U16(u16::from_le_bytes(self.arr(ctx)?)),
+            ValueType::I16 => Value::I16(i16::from_le_bytes(self.arr(ctx)?)),
+            ValueType::U32 => Value::U32(u32::from_le_bytes(self.arr(ctx)?)),
+            ValueType::I32 => Value::I32(i32::from_le_bytes(self.arr(ctx)?)),
+            ValueType::F32 => Value::F32(f32::from_le_bytes(self.arr(ctx)?)),
+            ValueType::U64 => Value::U64(u64::from_le_bytes(self.arr(ctx)?)),
+            ValueType::I64 => Value::I64(i64::from_le_bytes(self.arr(ctx)?)),
+            ValueType::F64 => Value::F64(f64::from_le_bytes(self.arr(ctx)?)),
+            ValueType::Bool => match self.arr::<1>(ctx)?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => {
+                    return Err(Error::format(
+                        self.file,
+                        format!("{ctx}: invalid bool byte {b}"),
+                    ))
+                }
+            },
+            ValueType::String => Value::String(self.string(ctx)?),
+            ValueType::Array => Value::Array(self.array(ctx, depth + 1)?),
+        })
+    }
+
+    fn array(&mut self, ctx: &str, depth: usize) -> Result<Array> {
+        if depth > MAX_ARRAY_DEPTH {
+            return Err(Error::format(
+                self.file,
+                format!("{ctx}: arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+            ));
+        }
+        let ty_id = self.u32(ctx)?;
+        let ty = ValueType::from_id(ty_id).ok_or_else(|| {
+            Error::format(self.file, format!("{ctx}: unknown array element type {ty_id}"))
+        })?;
+        let n = self.u64(ctx)?;
+        self.check_count(n, ty.min_encoded_size(), &format!("{ctx}: array length"))?;
+        let n = n as usize;
+        macro_rules! fixed {
+            ($variant:ident, $t:ty) => {{
+                const W: usize = std::mem::size_of::<$t>();
+                let raw = self.take(n * W, ctx)?;
+                Array::$variant(
+                    raw.chunks_exact(W)
+                        .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk of W bytes")))
+                        .collect(),
+                )
+            }};
+        }
+        Ok(match ty {
+            ValueType::U8 => Array::U8(self.take(n, ctx)?.to_vec()),
+            ValueType::I8 => Array::I8(self.take(n, ctx)?.iter().map(|&b| b as i8).collect()),
+            ValueType::U16 => fixed!(U16, u16),
+            ValueType::I16 => fixed!(I16, i16),
+            ValueType::U32 => fixed!(U32, u32),
+            ValueType::I32 => fixed!(I32, i32),
+            ValueType::F32 => fixed!(F32, f32),
+            ValueType::U64 => fixed!(U64, u64),
+            ValueType::I64 => fixed!(I64, i64),
+            ValueType::F64 => fixed!(F64, f64),
+            ValueType::Bool => {
+                let raw = self.take(n, ctx)?;
+                let mut v = Vec::with_capacity(n);
+                for &b in raw {
+                    match b {
+                        0 => v.push(false),
+                        1 => v.push(true),
+                        _ => {
+                            return Err(Error::format(
+                                self.file,
+                                format!("{ctx}: invalid bool byte {b} in array"),
+                            ))
+                        }
+                    }
+                }
+                Array::Bool(v)
+            }
+            ValueType::String => {
+                let mut v = Vec::with_capacity(n);
+                for i in 0..n {
+                    v.push(self.string(&format!("{ctx}[{i}]"))?);
+                }
+                Array::String(v)
+            }
+            ValueType::Array => {
+                let mut v = Vec::with_capacity(n);
+                for i in 0..n {
+                    v.push(self.array(&format!("{ctx}[{i}]"), depth + 1)?);
+                }
+                Array::Array(v)
+            }
+        })
+    }
+}
