@@ -3,11 +3,11 @@
 
 use dino_core::GgmlType;
 use dino_formats::gguf::{Array, GgufFile, GgufWriter, Value};
-use std::io::Write as _;
 
 fn sample_writer() -> GgufWriter {
     let mut w = GgufWriter::new();
-    w.set("general.architecture", Value::String("llama".into())).unwrap();
+    w.set("general.architecture", Value::String("llama".into()))
+        .unwrap();
     w.set("a.u8", Value::U8(200)).unwrap();
     w.set("a.i8", Value::I8(-100)).unwrap();
     w.set("a.u16", Value::U16(60000)).unwrap();
@@ -16,14 +16,22 @@ fn sample_writer() -> GgufWriter {
     w.set("a.i32", Value::I32(-2_000_000_000)).unwrap();
     w.set("a.f32", Value::F32(1.5)).unwrap();
     w.set("a.bool", Value::Bool(true)).unwrap();
-    w.set("a.str", Value::String("héllo ▁world".into())).unwrap();
+    w.set("a.str", Value::String("héllo ▁world".into()))
+        .unwrap();
     w.set("a.u64", Value::U64(u64::MAX)).unwrap();
     w.set("a.i64", Value::I64(i64::MIN)).unwrap();
     w.set("a.f64", Value::F64(-2.25)).unwrap();
-    w.set("arr.str", Value::Array(Array::String(vec!["a".into(), "".into(), "ccc".into()]))).unwrap();
-    w.set("arr.f32", Value::Array(Array::F32(vec![0.5, -1.0]))).unwrap();
-    w.set("arr.i32", Value::Array(Array::I32(vec![1, -2, 3]))).unwrap();
-    w.set("arr.bool", Value::Array(Array::Bool(vec![true, false]))).unwrap();
+    w.set(
+        "arr.str",
+        Value::Array(Array::String(vec!["a".into(), "".into(), "ccc".into()])),
+    )
+    .unwrap();
+    w.set("arr.f32", Value::Array(Array::F32(vec![0.5, -1.0])))
+        .unwrap();
+    w.set("arr.i32", Value::Array(Array::I32(vec![1, -2, 3])))
+        .unwrap();
+    w.set("arr.bool", Value::Array(Array::Bool(vec![true, false])))
+        .unwrap();
     w.set("arr.empty", Value::Array(Array::U8(vec![]))).unwrap();
     w.set(
         "arr.nested",
@@ -46,7 +54,8 @@ fn sample_bytes() -> Vec<u8> {
     w.write(&mut out, |i, spec, o| {
         let n = spec.size()? as usize;
         let bytes: Vec<u8> = (0..n).map(|k| (k * 7 + i) as u8).collect();
-        o.write_all(&bytes).map_err(|e| dino_core::Error::io("mem", e))
+        o.write_all(&bytes)
+            .map_err(|e| dino_core::Error::io("mem", e))
     })
     .unwrap();
     out
@@ -64,17 +73,27 @@ fn round_trip_every_value_type() {
     assert_eq!(f.metadata().len(), w.metadata().len());
     let md = f.metadata();
     assert_eq!(md.get_u32("a.u16").unwrap(), 60000);
-    assert!(md.get_u32("a.i32").is_err(), "negative value must not read as u32");
+    assert!(
+        md.get_u32("a.i32").is_err(),
+        "negative value must not read as u32"
+    );
     assert_eq!(md.get_str_array("arr.str").unwrap().len(), 3);
     assert_eq!(md.opt_f32_array("arr.f32").unwrap().unwrap(), &[0.5, -1.0]);
-    assert!(md.get_str("missing.key").unwrap_err().to_string().contains("missing.key"));
+    assert!(md
+        .get_str("missing.key")
+        .unwrap_err()
+        .to_string()
+        .contains("missing.key"));
     assert!(md.get_str("a.u8").unwrap_err().to_string().contains("a.u8"));
     assert_eq!(f.tensors().len(), 3);
     for (i, t) in f.tensors().iter().enumerate() {
         assert_eq!(t.offset % f.alignment(), 0);
         let data = f.tensor_data(t);
         assert_eq!(data.len() as u64, t.size);
-        assert!(data.iter().enumerate().all(|(k, &b)| b == (k * 7 + i) as u8));
+        assert!(data
+            .iter()
+            .enumerate()
+            .all(|(k, &b)| b == (k * 7 + i) as u8));
     }
     let (info, _) = f.tensor("t.q4_0").unwrap();
     assert_eq!(info.dims, vec![64, 2]);
@@ -87,16 +106,28 @@ fn writer_checks_callback_size_and_alignment() {
     let mut w = GgufWriter::new();
     w.add_tensor("x", &[8], GgmlType::F32).unwrap();
     let err = w
-        .write(Vec::new(), |_, _, o| o.write_all(&[0u8; 4]).map_err(|e| dino_core::Error::io("m", e)))
+        .write(Vec::new(), |_, _, o| {
+            o.write_all(&[0u8; 4])
+                .map_err(|e| dino_core::Error::io("m", e))
+        })
         .unwrap_err();
     assert!(err.to_string().contains("'x'"), "{err}");
-    assert!(w.add_tensor("x", &[8], GgmlType::F32).is_err(), "duplicate name");
-    assert!(w.add_tensor("y", &[33], GgmlType::Q8_0).is_err(), "partial block");
+    assert!(
+        w.add_tensor("x", &[8], GgmlType::F32).is_err(),
+        "duplicate name"
+    );
+    assert!(
+        w.add_tensor("y", &[33], GgmlType::Q8_0).is_err(),
+        "partial block"
+    );
     assert!(w.set("general.alignment", Value::U32(3)).is_err());
     w.set("general.alignment", Value::U32(64)).unwrap();
     let mut out = Vec::new();
-    w.write(&mut out, |_, _, o| o.write_all(&[1u8; 32]).map_err(|e| dino_core::Error::io("m", e)))
-        .unwrap();
+    w.write(&mut out, |_, _, o| {
+        o.write_all(&[1u8; 32])
+            .map_err(|e| dino_core::Error::io("m", e))
+    })
+    .unwrap();
     let f = GgufFile::from_bytes("a.gguf", out).unwrap();
     assert_eq!(f.alignment(), 64);
     assert_eq!(f.data_offset() % 64, 0);
@@ -113,8 +144,11 @@ fn write_to_path_leaves_no_partial_file() {
     assert!(err.is_err());
     assert!(!path.exists());
     assert!(!dir.join("m.gguf.part").exists());
-    w.write_to_path(&path, |_, _, o| o.write_all(&[0u8; 32]).map_err(|e| dino_core::Error::io("m", e)))
-        .unwrap();
+    w.write_to_path(&path, |_, _, o| {
+        o.write_all(&[0u8; 32])
+            .map_err(|e| dino_core::Error::io("m", e))
+    })
+    .unwrap();
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.tensors().len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -133,7 +167,12 @@ fn truncated_at_every_offset_is_an_error() {
     let bytes = sample_bytes();
     // Every prefix shorter than the end of the last tensor's data must fail cleanly.
     let f = GgufFile::from_bytes("full", bytes.clone()).unwrap();
-    let last = f.tensors().iter().map(|t| f.data_offset() + t.offset + t.size).max().unwrap();
+    let last = f
+        .tensors()
+        .iter()
+        .map(|t| f.data_offset() + t.offset + t.size)
+        .max()
+        .unwrap();
     for cut in 0..last as usize {
         let msg = expect_err(&format!("cut{cut}"), bytes[..cut].to_vec());
         assert!(!msg.is_empty());
@@ -146,7 +185,10 @@ fn patch_u64(bytes: &mut [u8], at: usize, v: u64) {
 }
 
 fn find(bytes: &[u8], needle: &[u8]) -> usize {
-    bytes.windows(needle.len()).position(|w| w == needle).unwrap()
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
 }
 
 #[test]
@@ -268,7 +310,10 @@ fn hostile_counts_types_and_offsets_are_errors() {
             continue;
         }
         let msg = expect_err(name, bytes);
-        assert!(msg.starts_with(name), "{name}: error should name the file: {msg}");
+        assert!(
+            msg.starts_with(name),
+            "{name}: error should name the file: {msg}"
+        );
         errors += 1;
     }
     assert!(errors >= 30);
@@ -312,9 +357,13 @@ fn deep_nesting_is_rejected() {
 
 #[test]
 fn real_file_stories260k_if_present() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/stories260K.gguf");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/models/stories260K.gguf");
     if !path.exists() {
-        eprintln!("SKIPPED: {} not present (it exists only in ../shared/)", path.display());
+        eprintln!(
+            "SKIPPED: {} not present (it exists only in ../shared/)",
+            path.display()
+        );
         return;
     }
     let f = GgufFile::open(&path).unwrap();

@@ -1,1 +1,216 @@
-//! (being written)
+//! Run-time kernel selection.
+//!
+//! The instruction set is chosen once, at first use, from CPU feature detection; the environment
+//! variable `DINO_ISA=scalar|avx2` overrides it (an unavailable or unknown value is ignored with
+//! a warning on stderr). [`kernels`] then hands out a `&'static` table of function pointers per
+//! tensor type, which the matmul code caches per weight tensor.
+//!
+//! Adding an instruction set (AVX-512, NEON): add an [`Isa`] variant, its detection in
+//! [`Isa::available`] and [`detect`], and a `kernels` function in its arch module (as
+//! `crate::x86::avx2_kernels`), falling back to scalar entries for what it does not accelerate.
+
+use crate::scalar::{float, kquants as k, legacy as l};
+use dino_core::GgmlType;
+use std::sync::OnceLock;
+
+/// An instruction-set level with its own kernel table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Isa {
+    /// Portable Rust; runs anywhere.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C (Haswell / Zen and later).
+    Avx2,
+    // Avx512 and Neon slot in here.
+}
+
+impl Isa {
+    /// Every level Dino knows, worst first.
+    pub const ALL: [Isa; 2] = [Isa::Scalar, Isa::Avx2];
+
+    /// The `DINO_ISA` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+        }
+    }
+
+    /// Parses a `DINO_ISA` value (case-insensitive).
+    pub fn from_name(s: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this CPU can run the level's kernels.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => avx2_available(),
+        }
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_available() -> bool {
+    crate::x86::avx2_detected()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_available() -> bool {
+    false
+}
+
+/// The kernels of one weight type.
+#[derive(Clone, Copy, Debug)]
+pub struct TypeKernels {
+    /// Dot product of a weight row (`n` elements of the weight type) with an activation row
+    /// already quantized to `act_type`. The caller guarantees `n` is a multiple of both block
+    /// sizes and the slices hold at least `n` elements (debug builds assert it; release builds
+    /// stay memory-safe but may return a meaningless value). Hot: called per output row.
+    pub vec_dot: fn(n: usize, w: &[u8], a: &[u8]) -> f32,
+    /// Quantizes f32 activations to `act_type`; `dst.len()` must be `act_type.row_size(src.len())`.
+    pub quantize_act: fn(src: &[f32], dst: &mut [u8]),
+    /// Dequantizes `dst.len()` elements of the weight type from `src`.
+    pub dequantize: fn(src: &[u8], dst: &mut [f32]),
+    /// ggml's `vec_dot_type` of the weight type.
+    pub act_type: GgmlType,
+}
+
+/// The best level this CPU supports.
+pub fn detect() -> Isa {
+    if Isa::Avx2.available() {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+/// The level in use: detected once, overridable with `DINO_ISA`.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let detected = detect();
+        match std::env::var("DINO_ISA") {
+            Ok(v) if !v.trim().is_empty() => match Isa::from_name(&v) {
+                Some(i) if i.available() => i,
+                Some(i) => {
+                    eprintln!("dino: DINO_ISA={i} is not supported by this CPU; using {detected}");
+                    detected
+                }
+                None => {
+                    eprintln!(
+                        "dino: unknown DINO_ISA={v:?} (expected scalar|avx2); using {detected}"
+                    );
+                    detected
+                }
+            },
+            _ => detected,
+        }
+    })
+}
+
+/// The kernel table of weight type `t` for the level in use, or `None` if Dino cannot compute
+/// with `t`.
+pub fn kernels(t: GgmlType) -> Option<&'static TypeKernels> {
+    kernels_for(isa(), t)
+}
+
+/// The kernel table of `t` at a given level, or `None` if the type is unsupported or this CPU
+/// cannot run the level. Used by tests and benchmarks to compare levels.
+pub fn kernels_for(isa: Isa, t: GgmlType) -> Option<&'static TypeKernels> {
+    match isa {
+        Isa::Scalar => scalar_kernels(t),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => crate::x86::avx2_kernels(t),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => None,
+    }
+}
+
+macro_rules! table {
+    ($name:ident: $vd:expr, $qa:expr, $dq:expr, $act:ident) => {
+        static $name: TypeKernels = TypeKernels {
+            vec_dot: $vd,
+            quantize_act: $qa,
+            dequantize: $dq,
+            act_type: GgmlType::$act,
+        };
+    };
+}
+pub(crate) use table;
+
+fn scalar_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
+    use GgmlType::*;
+    table!(KF32: float::vec_dot_f32, float::f32_to_bytes, float::bytes_to_f32, F32);
+    table!(KF16: float::vec_dot_f16, float::f32_to_f16, float::f16_to_f32, F16);
+    table!(KBF16: float::vec_dot_bf16, float::f32_to_bf16, float::bf16_to_f32, BF16);
+    table!(KQ4_0: l::vec_dot_q4_0_q8_0, l::quantize_q8_0, l::dequantize_q4_0, Q8_0);
+    table!(KQ4_1: l::vec_dot_q4_1_q8_1, l::quantize_q8_1, l::dequantize_q4_1, Q8_1);
+    table!(KQ5_0: l::vec_dot_q5_0_q8_0, l::quantize_q8_0, l::dequantize_q5_0, Q8_0);
+    table!(KQ5_1: l::vec_dot_q5_1_q8_1, l::quantize_q8_1, l::dequantize_q5_1, Q8_1);
+    table!(KQ8_0: l::vec_dot_q8_0_q8_0, l::quantize_q8_0, l::dequantize_q8_0, Q8_0);
+    table!(KQ8_1: l::vec_dot_q8_1_q8_1, l::quantize_q8_1, l::dequantize_q8_1, Q8_1);
+    table!(KQ2K: k::vec_dot_q2_k_q8_k, k::quantize_q8_k, k::dequantize_q2_k, Q8_K);
+    table!(KQ3K: k::vec_dot_q3_k_q8_k, k::quantize_q8_k, k::dequantize_q3_k, Q8_K);
+    table!(KQ4K: k::vec_dot_q4_k_q8_k, k::quantize_q8_k, k::dequantize_q4_k, Q8_K);
+    table!(KQ5K: k::vec_dot_q5_k_q8_k, k::quantize_q8_k, k::dequantize_q5_k, Q8_K);
+    table!(KQ6K: k::vec_dot_q6_k_q8_k, k::quantize_q8_k, k::dequantize_q6_k, Q8_K);
+    table!(KQ8K: k::vec_dot_q8_k_q8_k, k::quantize_q8_k, k::dequantize_q8_k, Q8_K);
+    Some(match t {
+        F32 => &KF32,
+        F16 => &KF16,
+        BF16 => &KBF16,
+        Q4_0 => &KQ4_0,
+        Q4_1 => &KQ4_1,
+        Q5_0 => &KQ5_0,
+        Q5_1 => &KQ5_1,
+        Q8_0 => &KQ8_0,
+        Q8_1 => &KQ8_1,
+        Q2_K => &KQ2K,
+        Q3_K => &KQ3K,
+        Q4_K => &KQ4K,
+        Q5_K => &KQ5K,
+        Q6_K => &KQ6K,
+        Q8_K => &KQ8K,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_agree_with_vec_dot_type() {
+        for &t in GgmlType::all() {
+            for isa in Isa::ALL {
+                if let Some(k) = kernels_for(isa, t) {
+                    assert_eq!(Some(k.act_type), crate::quant::vec_dot_type(t), "{isa} {t}");
+                }
+            }
+            assert_eq!(
+                scalar_kernels(t).is_some(),
+                crate::quant::is_supported(t),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn isa_names_round_trip() {
+        for i in Isa::ALL {
+            assert_eq!(Isa::from_name(i.name()), Some(i));
+        }
+        assert_eq!(Isa::from_name("AVX2"), Some(Isa::Avx2));
+        assert_eq!(Isa::from_name("sse9"), None);
+        assert!(isa().available());
+    }
+}

@@ -1,1 +1,257 @@
-//! (being written)
+//! Element-wise and attention operators, written to follow ggml's numerics (RMSNorm sums in
+//! f64, RoPE angles by repeated f32 multiplication, softmax with max subtraction).
+
+use half::f16;
+
+/// `out = x / sqrt(mean(x²) + eps) * w`, one row. `x`, `w`, `out`: `[n_embd]`.
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    debug_assert!(x.len() == w.len() && x.len() == out.len());
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0f32 / (mean + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * scale) * g;
+    }
+}
+
+/// Rotary embedding style: `Normal` rotates adjacent pairs (Llama GGUFs), `Neox` rotates the
+/// two halves of the rotated dimensions (Qwen2, Gemma, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    Normal,
+    Neox,
+}
+
+/// RoPE parameters of a model.
+#[derive(Clone, Debug)]
+pub struct RopeParams {
+    pub style: RopeStyle,
+    /// Rotated dimensions per head (`rope.dimension_count`), even, ≤ head_dim.
+    pub n_dims: usize,
+    pub freq_base: f32,
+    /// 1 / linear scaling factor.
+    pub freq_scale: f32,
+    /// Per-pair frequency divisors (`rope_freqs.weight`, Llama 3 scaling), `[n_dims / 2]`.
+    pub freq_factors: Option<Vec<f32>>,
+    pub attn_factor: f32,
+}
+
+impl RopeParams {
+    /// cos/sin for position `pos`, interleaved: `cache[2i] = cos θ_i`, `cache[2i+1] = sin θ_i`.
+    /// `cache`: `[n_dims]`.
+    pub fn cache(&self, pos: i64, cache: &mut [f32]) {
+        debug_assert_eq!(cache.len(), self.n_dims);
+        let theta_scale = self.freq_base.powf(-2.0 / self.n_dims as f32);
+        let mut theta = pos as f32;
+        for i in (0..self.n_dims).step_by(2) {
+            let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i / 2]);
+            let t = self.freq_scale * (theta / ff);
+            cache[i] = t.cos() * self.attn_factor;
+            cache[i + 1] = t.sin() * self.attn_factor;
+            theta *= theta_scale;
+        }
+    }
+
+    /// Rotate every head of one token in place. `x`: `[n_heads, head_dim]`.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, cache: &[f32]) {
+        let n = self.n_dims;
+        for head in x.chunks_exact_mut(head_dim) {
+            match self.style {
+                RopeStyle::Normal => {
+                    for i in (0..n).step_by(2) {
+                        let (c, s) = (cache[i], cache[i + 1]);
+                        let (x0, x1) = (head[i], head[i + 1]);
+                        head[i] = x0 * c - x1 * s;
+                        head[i + 1] = x0 * s + x1 * c;
+                    }
+                }
+                RopeStyle::Neox => {
+                    let half = n / 2;
+                    for i in (0..n).step_by(2) {
+                        let (c, s) = (cache[i], cache[i + 1]);
+                        let j = i / 2;
+                        let (x0, x1) = (head[j], head[j + half]);
+                        head[j] = x0 * c - x1 * s;
+                        head[j + half] = x0 * s + x1 * c;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ggml's SiLU: `x / (1 + e^-x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// `y += x`.
+pub fn add_assign(y: &mut [f32], x: &[f32]) {
+    for (a, &b) in y.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// Shape of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    /// Usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// Causal attention of one query head over `n_pos` cached positions, with an online softmax
+/// (one pass over K and V, no score buffer).
+///
+/// `q`: `[head_dim]`; `k`, `v`: `[n_pos, n_head_kv * head_dim]` (f16, the cache layout);
+/// `kv_head` selects the head inside each cached row; `out`: `[head_dim]`.
+pub fn attend_head(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    n_pos: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    let hd = s.head_dim;
+    let row = s.n_head_kv * hd;
+    let off = kv_head * hd;
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    out.fill(0.0);
+    let mut kf = [0f32; 512];
+    let kf = &mut kf[..hd];
+    for p in 0..n_pos {
+        let kr = &k[p * row + off..p * row + off + hd];
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(kr, kf);
+        let mut dot = 0f32;
+        for i in 0..hd {
+            dot += q[i] * kf[i];
+        }
+        let score = dot * s.scale;
+        let vr = &v[p * row + off..p * row + off + hd];
+        if score > max {
+            // Rescale what was accumulated under the old maximum.
+            let c = (max - score).exp();
+            sum *= c;
+            for o in out.iter_mut() {
+                *o *= c;
+            }
+            max = score;
+        }
+        let w = (score - max).exp();
+        sum += w;
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(vr, kf);
+        for i in 0..hd {
+            out[i] += w * kf[i];
+        }
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// `log softmax(logits)[target]`, computed in f64 as llama.cpp's perplexity tool does.
+pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (logits[target] - max) as f64 - sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rmsnorm_unit_rms() {
+        let x: Vec<f32> = (0..64).map(|i| i as f32 - 30.0).collect();
+        let w = vec![1.0; 64];
+        let mut out = vec![0.0; 64];
+        rmsnorm(&x, &w, 1e-6, &mut out);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 64.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn rope_preserves_norm_and_position_zero_is_identity() {
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            let p = RopeParams {
+                style,
+                n_dims: 8,
+                freq_base: 10000.0,
+                freq_scale: 1.0,
+                freq_factors: None,
+                attn_factor: 1.0,
+            };
+            let x: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut c = vec![0.0; 8];
+            p.cache(0, &mut c);
+            let mut y = x.clone();
+            p.apply(&mut y, 8, &c);
+            assert_eq!(x, y);
+            p.cache(17, &mut c);
+            p.apply(&mut y, 8, &c);
+            let n0: f32 = x.iter().map(|v| v * v).sum();
+            let n1: f32 = y.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-4);
+            assert_ne!(x, y);
+        }
+    }
+
+    #[test]
+    fn attention_matches_two_pass_softmax() {
+        let s = AttnShape {
+            n_head: 2,
+            n_head_kv: 1,
+            head_dim: 4,
+            scale: 0.5,
+        };
+        let n_pos = 5;
+        let kf: Vec<f32> = (0..n_pos * 4)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
+            .collect();
+        let vf: Vec<f32> = (0..n_pos * 4)
+            .map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.5)
+            .collect();
+        let k: Vec<f16> = kf.iter().map(|&x| f16::from_f32(x)).collect();
+        let v: Vec<f16> = vf.iter().map(|&x| f16::from_f32(x)).collect();
+        let q = [0.3f32, -1.2, 2.0, 0.1];
+        let mut out = [0f32; 4];
+        attend_head(&q, &k, &v, n_pos, 0, &s, &mut out);
+        let scores: Vec<f64> = (0..n_pos)
+            .map(|p| {
+                (0..4)
+                    .map(|i| q[i] as f64 * k[p * 4 + i].to_f64())
+                    .sum::<f64>()
+                    * 0.5
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+        for i in 0..4 {
+            let want: f64 = (0..n_pos)
+                .map(|p| (scores[p] - m).exp() / z * v[p * 4 + i].to_f64())
+                .sum();
+            assert!((out[i] as f64 - want).abs() < 1e-5, "{i}");
+        }
+    }
+
+    #[test]
+    fn log_softmax_is_normalized() {
+        let l = [1.0f32, 2.0, 3.0, -100.0];
+        let total: f64 = (0..4).map(|i| log_softmax_at(&l, i).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+    }
+}

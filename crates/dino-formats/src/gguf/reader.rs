@@ -180,7 +180,10 @@ impl GgufFile {
             for _ in 0..n_dims {
                 let d = r.u64(&ctx)?;
                 if d == 0 || d > i64::MAX as u64 {
-                    return Err(Error::format(&shown, format!("{ctx}: invalid dimension {d}")));
+                    return Err(Error::format(
+                        &shown,
+                        format!("{ctx}: invalid dimension {d}"),
+                    ));
                 }
                 dims.push(d);
             }
@@ -419,7 +422,10 @@ impl<'a> Cursor<'a> {
         }
         let ty_id = self.u32(ctx)?;
         let ty = ValueType::from_id(ty_id).ok_or_else(|| {
-            Error::format(self.file, format!("{ctx}: unknown array element type {ty_id}"))
+            Error::format(
+                self.file,
+                format!("{ctx}: unknown array element type {ty_id}"),
+            )
         })?;
         let n = self.u64(ctx)?;
         self.check_count(n, ty.min_encoded_size(), &format!("{ctx}: array length"))?;

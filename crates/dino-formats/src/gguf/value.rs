@@ -452,7 +452,10 @@ impl Metadata {
             Some(Array::String(v)) => Ok(Some(v)),
             Some(a) => Err(Error::format(
                 self.ctx(key),
-                format!("expected array of string, found array of {}", a.elem_type().name()),
+                format!(
+                    "expected array of string, found array of {}",
+                    a.elem_type().name()
+                ),
             )),
         }
     }
@@ -467,7 +470,10 @@ impl Metadata {
             Some(Array::F32(v)) => Ok(Some(v)),
             Some(a) => Err(Error::format(
                 self.ctx(key),
-                format!("expected array of f32, found array of {}", a.elem_type().name()),
+                format!(
+                    "expected array of f32, found array of {}",
+                    a.elem_type().name()
+                ),
             )),
         }
     }
@@ -478,7 +484,10 @@ impl Metadata {
             Some(Array::I32(v)) => Ok(Some(v)),
             Some(a) => Err(Error::format(
                 self.ctx(key),
-                format!("expected array of i32, found array of {}", a.elem_type().name()),
+                format!(
+                    "expected array of i32, found array of {}",
+                    a.elem_type().name()
+                ),
             )),
         }
     }

@@ -21,7 +21,7 @@ impl TensorSpec {
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .ok_or_else(|| Error::invalid(format!("tensor '{}': size overflows", self.name)))?;
-        if self.dims[0] % self.ty.block_size() as u64 != 0 {
+        if !self.dims[0].is_multiple_of(self.ty.block_size() as u64) {
             return Err(Error::invalid(format!(
                 "tensor '{}': row length {} is not a multiple of the {} block size {}",
                 self.name,
@@ -91,7 +91,12 @@ impl GgufWriter {
     }
 
     /// Declare a tensor; names must be unique, dims 1..=4 and non-zero.
-    pub fn add_tensor(&mut self, name: impl Into<String>, dims: &[u64], ty: GgmlType) -> Result<()> {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ty: GgmlType,
+    ) -> Result<()> {
         let name = name.into();
         if dims.is_empty() || dims.len() > MAX_DIMS || dims.contains(&0) {
             return Err(Error::invalid(format!(

@@ -1,0 +1,548 @@
+//! ggml's reference (non-imatrix) K-quant weight quantizers, `quantize_row_q{2..6}_K_ref`, with
+//! their helpers `make_qx_quants`, `make_q3_quants` and `make_qkx2_quants`. The order of float
+//! operations follows the C code (no fused multiply-adds), so a compiler that does not contract
+//! ggml's code gives the same bytes.
+
+// Index loops mirror the C reference line by line, which keeps the transcription checkable.
+#![allow(clippy::needless_range_loop)]
+
+use super::kquants::nearest_int;
+use crate::quant::blocks::*;
+use dino_core::QK_K;
+
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// `make_qx_quants` with `qw == NULL`. Returns the scale; `l` receives values in `0..2*nmax`.
+fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], rmse_type: i32) -> f32 {
+    let n = x.len();
+    let mut max = 0.0f32;
+    let mut amax = 0.0f32;
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = -(nmax as f32) / max;
+    let clamp = |l: i32| l.clamp(-nmax, nmax - 1);
+    if rmse_type == 0 {
+        for i in 0..n {
+            l_out[i] = (nmax + clamp(nearest_int(iscale * x[i]))) as i8;
+        }
+        return 1.0 / iscale;
+    }
+    let weight = |v: f32| match rmse_type {
+        1 => v * v,
+        2 => 1.0,
+        3 => v.abs(),
+        _ => v.abs().sqrt(),
+    };
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for i in 0..n {
+        let l = clamp(nearest_int(iscale * x[i]));
+        l_out[i] = (l + nmax) as i8;
+        let w = weight(x[i]);
+        sumlx += w * x[i] * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for &v in x {
+            let l = clamp(nearest_int(iscale * v));
+            let w = weight(v);
+            sumlx += w * v * l as f32;
+            suml2 += w * l as f32 * l as f32;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                l_out[i] = (nmax + clamp(nearest_int(iscale * x[i]))) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// `make_q3_quants` with `do_rmse == true`. `l_out` receives values in `0..2*nmax`.
+fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
+    let n = x.len();
+    let mut max = 0.0f32;
+    let mut amax = 0.0f32;
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l_out[i] = l as i8;
+        let w = x[i] * x[i];
+        sumlx += w * x[i] * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..n {
+            let w = x[i] * x[i];
+            let li = l_out[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * li * li;
+                let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != l_out[i] as i32 {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l_out[i] = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    for l in l_out[..n].iter_mut() {
+        *l += nmax as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// `make_qkx2_quants`: an asymmetric (scale, min) fit by a small search. Returns the scale and
+/// `-min` (positive); `l_out` receives values in `0..=nmax`.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let n = x.len();
+    let mut laux = [0u8; 32];
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let err = |diff: f32| if use_mad { diff.abs() } else { diff * diff };
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0.0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l_out[i] = l as u8;
+        let diff = scale * l_out[i] as f32 + min - x[i];
+        best_error += weights[i] * err(diff);
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for i in 0..n {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0.0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                cur_error += weights[i] * err(diff);
+            }
+            if cur_error < best_error {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// Packs 2-bit values of 256 elements as Q2_K/Q3_K `qs`.
+fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
+    for j in (0..QK_K).step_by(128) {
+        for i in 0..32 {
+            qs[j / 4 + i] =
+                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+        }
+    }
+}
+
+pub fn quantize_q2_k(src: &[f32], dst: &mut [u8]) {
+    let yb = as_blocks_mut::<BlockQ2K>(dst);
+    debug_assert_eq!(src.len(), yb.len() * QK_K);
+    const Q4SCALE: f32 = 15.0;
+    for (x, y) in src.chunks_exact(QK_K).zip(yb) {
+        let mut l = [0u8; QK_K];
+        let mut weights = [0f32; 16];
+        let mut mins = [0f32; QK_K / 16];
+        let mut scales = [0f32; QK_K / 16];
+        let mut max_scale = 0.0f32;
+        let mut max_min = 0.0f32;
+        for j in 0..QK_K / 16 {
+            let xg = &x[16 * j..16 * j + 16];
+            for (w, &v) in weights.iter_mut().zip(xg) {
+                *w = v.abs();
+            }
+            (scales[j], mins[j]) = make_qkx2_quants(
+                3,
+                xg,
+                &weights,
+                &mut l[16 * j..16 * j + 16],
+                -0.5,
+                0.1,
+                15,
+                true,
+            );
+            if scales[j] > max_scale {
+                max_scale = scales[j];
+            }
+            if mins[j] > max_min {
+                max_min = mins[j];
+            }
+        }
+        if max_scale > 0.0 {
+            let iscale = Q4SCALE / max_scale;
+            for j in 0..QK_K / 16 {
+                y.scales[j] = nearest_int(iscale * scales[j]) as u8;
+            }
+            y.d = f16_to_le(max_scale / Q4SCALE);
+        } else {
+            y.scales = [0; QK_K / 16];
+            y.d = f16_to_le(0.0);
+        }
+        if max_min > 0.0 {
+            let iscale = Q4SCALE / max_min;
+            for j in 0..QK_K / 16 {
+                let lm = nearest_int(iscale * mins[j]);
+                y.scales[j] |= (lm << 4) as u8;
+            }
+            y.dmin = f16_to_le(max_min / Q4SCALE);
+        } else {
+            y.dmin = f16_to_le(0.0);
+        }
+        for j in 0..QK_K / 16 {
+            let d = y.d() * (y.scales[j] & 0xF) as f32;
+            if d == 0.0 {
+                continue;
+            }
+            let dm = y.dmin() * (y.scales[j] >> 4) as f32;
+            for ii in 0..16 {
+                let q = nearest_int((x[16 * j + ii] + dm) / d).clamp(0, 3);
+                l[16 * j + ii] = q as u8;
+            }
+        }
+        pack_2bit(&l, &mut y.qs);
+    }
+}
+
+pub fn quantize_q3_k(src: &[f32], dst: &mut [u8]) {
+    let yb = as_blocks_mut::<BlockQ3K>(dst);
+    debug_assert_eq!(src.len(), yb.len() * QK_K);
+    for (x, y) in src.chunks_exact(QK_K).zip(yb) {
+        let mut l = [0i8; QK_K];
+        let mut scales = [0f32; QK_K / 16];
+        let mut max_scale = 0.0f32;
+        let mut amax = 0.0f32;
+        for j in 0..QK_K / 16 {
+            scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+            let scale = scales[j].abs();
+            if scale > amax {
+                amax = scale;
+                max_scale = scales[j];
+            }
+        }
+        y.scales = [0; 12];
+        if max_scale != 0.0 {
+            let iscale = -32.0 / max_scale;
+            for j in 0..QK_K / 16 {
+                // C: int8_t l = nearest_int(...); l = MAX(-32, MIN(31, l)) + 32;
+                let lq = (nearest_int(iscale * scales[j]) as i8).clamp(-32, 31) + 32;
+                if j < 8 {
+                    y.scales[j] = lq as u8 & 0xF;
+                } else {
+                    y.scales[j - 8] |= (lq as u8 & 0xF) << 4;
+                }
+                let hi = (lq >> 4) as u8;
+                y.scales[j % 4 + 8] |= hi << (2 * (j / 4));
+            }
+            y.d = f16_to_le(1.0 / iscale);
+        } else {
+            y.d = f16_to_le(0.0);
+        }
+        let sc = q3k_scales(&y.scales);
+        for j in 0..QK_K / 16 {
+            let d = y.d() * sc[j] as f32;
+            if d == 0.0 {
+                continue;
+            }
+            for ii in 0..16 {
+                let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
+                l[16 * j + ii] = (q + 4) as i8;
+            }
+        }
+        y.hmask = [0; QK_K / 8];
+        let mut lu = [0u8; QK_K];
+        // The high bit of element j goes to bit j / 32 of hmask[j % 32].
+        for j in 0..QK_K {
+            let mut v = l[j] as u8;
+            if v > 3 {
+                y.hmask[j % 32] |= 1 << (j / 32);
+                v -= 4;
+            }
+            lu[j] = v;
+        }
+        pack_2bit(&lu, &mut y.qs);
+    }
+}
+
+/// Packs 6-bit scales and mins of Q4_K/Q5_K (the inverse of `scale_min_k4`).
+fn pack_scales_k4(ls: &[u8; 8], lm: &[u8; 8], out: &mut [u8; 12]) {
+    *out = [0; 12];
+    for j in 0..8 {
+        if j < 4 {
+            out[j] = ls[j];
+            out[j + 4] = lm[j];
+        } else {
+            out[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+            out[j - 4] |= (ls[j] >> 4) << 6;
+            out[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+}
+
+/// The shared part of the Q4_K / Q5_K reference quantizers: per-32 (scale, min) fits, 6-bit
+/// packing and the final requantization. Returns the quant values (`0..=nmax`).
+fn quantize_k4_like(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    d_out: &mut [u8; 2],
+    dmin_out: &mut [u8; 2],
+    scales_out: &mut [u8; 12],
+) -> [u8; QK_K] {
+    let mut l = [0u8; QK_K];
+    let mut weights = [0f32; 32];
+    let mut mins = [0f32; QK_K / 32];
+    let mut scales = [0f32; QK_K / 32];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..QK_K / 32 {
+        let xg = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0.0f32;
+        for &v in xg {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, &v) in weights.iter_mut().zip(xg) {
+            *w = av_x + v.abs();
+        }
+        (scales[j], mins[j]) = make_qkx2_quants(
+            nmax,
+            xg,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..QK_K / 32 {
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
+    }
+    pack_scales_k4(&ls, &lm, scales_out);
+    *d_out = f16_to_le(max_scale / 63.0);
+    *dmin_out = f16_to_le(max_min / 63.0);
+    let (dd, dmin) = (f16_from_le(*d_out), f16_from_le(*dmin_out));
+    for j in 0..QK_K / 32 {
+        let (sc, m) = scale_min_k4(j, scales_out);
+        let d = dd * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin * m as f32;
+        for ii in 0..32 {
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
+        }
+    }
+    l
+}
+
+pub fn quantize_q4_k(src: &[f32], dst: &mut [u8]) {
+    let yb = as_blocks_mut::<BlockQ4K>(dst);
+    debug_assert_eq!(src.len(), yb.len() * QK_K);
+    for (x, y) in src.chunks_exact(QK_K).zip(yb) {
+        let l = quantize_k4_like(x, 15, -1.0, 20, &mut y.d, &mut y.dmin, &mut y.scales);
+        for j in 0..QK_K / 64 {
+            for i in 0..32 {
+                y.qs[32 * j + i] = l[64 * j + i] | (l[64 * j + i + 32] << 4);
+            }
+        }
+    }
+}
+
+pub fn quantize_q5_k(src: &[f32], dst: &mut [u8]) {
+    let yb = as_blocks_mut::<BlockQ5K>(dst);
+    debug_assert_eq!(src.len(), yb.len() * QK_K);
+    for (x, y) in src.chunks_exact(QK_K).zip(yb) {
+        let l = quantize_k4_like(x, 31, -0.5, 15, &mut y.d, &mut y.dmin, &mut y.scales);
+        y.qh = [0; QK_K / 8];
+        let (mut m1, mut m2) = (1u8, 2u8);
+        for n in 0..QK_K / 64 {
+            for j in 0..32 {
+                let mut l1 = l[64 * n + j];
+                if l1 > 15 {
+                    l1 -= 16;
+                    y.qh[j] |= m1;
+                }
+                let mut l2 = l[64 * n + j + 32];
+                if l2 > 15 {
+                    l2 -= 16;
+                    y.qh[j] |= m2;
+                }
+                y.qs[32 * n + j] = l1 | (l2 << 4);
+            }
+            m1 = m1.wrapping_shl(2);
+            m2 = m2.wrapping_shl(2);
+        }
+    }
+}
+
+pub fn quantize_q6_k(src: &[f32], dst: &mut [u8]) {
+    let yb = as_blocks_mut::<BlockQ6K>(dst);
+    debug_assert_eq!(src.len(), yb.len() * QK_K);
+    for (x, y) in src.chunks_exact(QK_K).zip(yb) {
+        let mut l = [0i8; QK_K];
+        let mut scales = [0f32; QK_K / 16];
+        let mut max_scale = 0.0f32;
+        let mut max_abs_scale = 0.0f32;
+        for ib in 0..QK_K / 16 {
+            let scale = make_qx_quants(
+                32,
+                &x[16 * ib..16 * ib + 16],
+                &mut l[16 * ib..16 * ib + 16],
+                1,
+            );
+            scales[ib] = scale;
+            if scale.abs() > max_abs_scale {
+                max_abs_scale = scale.abs();
+                max_scale = scale;
+            }
+        }
+        if max_abs_scale < GROUP_MAX_EPS {
+            *y = BlockQ6K {
+                ql: [0; QK_K / 2],
+                qh: [0; QK_K / 4],
+                scales: [0; QK_K / 16],
+                d: f16_to_le(0.0),
+            };
+            continue;
+        }
+        let iscale = -128.0 / max_scale;
+        y.d = f16_to_le(1.0 / iscale);
+        for ib in 0..QK_K / 16 {
+            y.scales[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        }
+        for j in 0..QK_K / 16 {
+            let d = y.d() * y.scales[j] as f32;
+            if d == 0.0 {
+                continue;
+            }
+            for ii in 0..16 {
+                let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+                l[16 * j + ii] = (q + 32) as i8;
+            }
+        }
+        for j in (0..QK_K).step_by(128) {
+            let (ql, qh) = (&mut y.ql[j / 2..j / 2 + 64], &mut y.qh[j / 4..j / 4 + 32]);
+            for i in 0..32 {
+                let lv = |k: usize| l[j + i + 32 * k] as u8;
+                ql[i] = (lv(0) & 0xF) | ((lv(2) & 0xF) << 4);
+                ql[i + 32] = (lv(1) & 0xF) | ((lv(3) & 0xF) << 4);
+                qh[i] =
+                    (lv(0) >> 4) | ((lv(1) >> 4) << 2) | ((lv(2) >> 4) << 4) | ((lv(3) >> 4) << 6);
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Scalar K-quants: dequantization of Q2_K..Q6_K and Q8_K, the Q8_K activation quantizer and the
+//! `q*_K · q8_K` dot products, transcribed from ggml's `dequantize_row_*`,
+//! `quantize_row_q8_K_ref` and `ggml_vec_dot_*_q8_K_generic`. The generic dot products keep
+//! eight f32 partial sums (one per lane of an 8-wide group); we keep the same order so results
+//! are bit-identical to ggml's generic path.
+
+use crate::quant::blocks::*;
+use dino_core::QK_K;
+
+/// ggml's `nearest_int`: round to nearest, ties to even, for |x| < 2^22 (via the 1.5 * 2^23
+/// trick). Out-of-range inputs give a meaningless but defined value, as in ggml.
+#[inline(always)]
+pub(crate) fn nearest_int(f: f32) -> i32 {
+    let val = f + 12_582_912.0;
+    (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unpacking: the quant value of every element of a super-block, in element order.
+
+/// Q2_K element `e = 128*n + 32*j + l` is bits `2j..2j+2` of `qs[32*n + l]`.
+#[inline(always)]
+fn q2k_values(b: &BlockQ2K) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for (e, v) in a.iter_mut().enumerate() {
+        let (n, j, l) = (e / 128, (e / 32) % 4, e % 32);
+        *v = ((b.qs[32 * n + l] >> (2 * j)) & 3) as i8;
+    }
+    a
+}
+
+/// Q3_K element `e = 128*n + 32*j + l`: low bits as Q2_K, minus 4 unless bit `4n + j` of
+/// `hmask[l]` is set.
+#[inline(always)]
+fn q3k_values(b: &BlockQ3K) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for (e, v) in a.iter_mut().enumerate() {
+        let (n, j, l) = (e / 128, (e / 32) % 4, e % 32);
+        let low = ((b.qs[32 * n + l] >> (2 * j)) & 3) as i8;
+        let high = (b.hmask[l] >> (4 * n + j)) & 1;
+        *v = low - if high != 0 { 0 } else { 4 };
+    }
+    a
+}
+
+/// Q4_K element `e = 64*k + 32*h + l` is nibble `h` of `qs[32*k + l]`.
+#[inline(always)]
+fn q4k_values(qs: &[u8; QK_K / 2]) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for (e, v) in a.iter_mut().enumerate() {
+        let (k, h, l) = (e / 64, (e / 32) % 2, e % 32);
+        *v = ((qs[32 * k + l] >> (4 * h)) & 0xF) as i8;
+    }
+    a
+}
+
+/// Q5_K: the Q4_K nibble plus 16 if bit `e / 32` of `qh[e % 32]` is set.
+#[inline(always)]
+fn q5k_values(b: &BlockQ5K) -> [i8; QK_K] {
+    let mut a = q4k_values(&b.qs);
+    for (e, v) in a.iter_mut().enumerate() {
+        if (b.qh[e % 32] >> (e / 32)) & 1 != 0 {
+            *v += 16;
+        }
+    }
+    a
+}
+
+/// Q6_K element `e = 128*n + 32*k + l`: nibble `k / 2` of `ql[64*n + 32*(k % 2) + l]`, with
+/// bits `2k..2k+2` of `qh[32*n + l]` on top, minus 32.
+#[inline(always)]
+fn q6k_values(b: &BlockQ6K) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for (e, v) in a.iter_mut().enumerate() {
+        let (n, k, l) = (e / 128, (e / 32) % 4, e % 32);
+        let low = (b.ql[64 * n + 32 * (k % 2) + l] >> (4 * (k / 2))) & 0xF;
+        let high = (b.qh[32 * n + l] >> (2 * k)) & 3;
+        *v = (low | (high << 4)) as i8 - 32;
+    }
+    a
+}
+
+/// The 8 scales and 8 mins of a Q4_K/Q5_K block.
+#[inline(always)]
+fn k4_scales_mins(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..8 {
+        (sc[j], m[j]) = scale_min_k4(j, scales);
+    }
+    (sc, m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization
+
+pub fn dequantize_q2_k(src: &[u8], dst: &mut [f32]) {
+    let x = as_blocks::<BlockQ2K>(src);
+    debug_assert_eq!(dst.len(), x.len() * QK_K);
+    for (b, y) in x.iter().zip(dst.chunks_exact_mut(QK_K)) {
+        let (d, min) = (b.d(), b.dmin());
+        let q = q2k_values(b);
+        for (g, (yg, qg)) in y.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
+            let sc = b.scales[g];
+            let dl = d * (sc & 0xF) as f32;
+            let ml = min * (sc >> 4) as f32;
+            for (o, &v) in yg.iter_mut().zip(qg) {
+                *o = dl * v as f32 - ml;
+            }
+        }
+    }
+}
+
+pub fn dequantize_q3_k(src: &[u8], dst: &mut [f32]) {
+    let x = as_blocks::<BlockQ3K>(src);
+    debug_assert_eq!(dst.len(), x.len() * QK_K);
+    for (b, y) in x.iter().zip(dst.chunks_exact_mut(QK_K)) {
+        let d_all = b.d();
+        let scales = q3k_scales(&b.scales);
+        let q = q3k_values(b);
+        for (g, (yg, qg)) in y.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
+            let dl = d_all * scales[g] as f32;
+            for (o, &v) in yg.iter_mut().zip(qg) {
+                *o = dl * v as f32;
+            }
+        }
+    }
+}
+
+pub fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {
+    let x = as_blocks::<BlockQ4K>(src);
+    debug_assert_eq!(dst.len(), x.len() * QK_K);
+    for (b, y) in x.iter().zip(dst.chunks_exact_mut(QK_K)) {
+        let (d, min) = (b.d(), b.dmin());
+        let (sc, m) = k4_scales_mins(&b.scales);
+        let q = q4k_values(&b.qs);
+        for (g, (yg, qg)) in y.chunks_exact_mut(32).zip(q.chunks_exact(32)).enumerate() {
+            let (d1, m1) = (d * sc[g] as f32, min * m[g] as f32);
+            for (o, &v) in yg.iter_mut().zip(qg) {
+                *o = d1 * v as f32 - m1;
+            }
+        }
+    }
+}
+
+pub fn dequantize_q5_k(src: &[u8], dst: &mut [f32]) {
+    let x = as_blocks::<BlockQ5K>(src);
+    debug_assert_eq!(dst.len(), x.len() * QK_K);
+    for (b, y) in x.iter().zip(dst.chunks_exact_mut(QK_K)) {
+        let (d, min) = (b.d(), b.dmin());
+        let (sc, m) = k4_scales_mins(&b.scales);
+        let q = q5k_values(b);
+        for (g, (yg, qg)) in y.chunks_exact_mut(32).zip(q.chunks_exact(32)).enumerate() {
+            let (d1, m1) = (d * sc[g] as f32, min * m[g] as f32);
+            for (o, &v) in yg.iter_mut().zip(qg) {
+                *o = d1 * v as f32 - m1;
+            }
+        }
+    }
+}
+
+pub fn dequantize_q6_k(src: &[u8], dst: &mut [f32]) {
+    let x = as_blocks::<BlockQ6K>(src);
+    debug_assert_eq!(dst.len(), x.len() * QK_K);
+    for (b, y) in x.iter().zip(dst.chunks_exact_mut(QK_K)) {
+        let d = b.d();
+        let q = q6k_values(b);
+        for (g, (yg, qg)) in y.chunks_exact_mut(16).zip(q.chunks_exact(16)).enumerate() {
+            let dl = d * b.scales[g] as f32;
+            for (o, &v) in yg.iter_mut().zip(qg) {
+                *o = dl * v as f32;
+            }
+        }
+    }
+}
+
+pub fn dequantize_q8_k(src: &[u8], dst: &mut [f32]) {
+    let x = as_blocks::<BlockQ8K>(src);
+    debug_assert_eq!(dst.len(), x.len() * QK_K);
+    for (b, y) in x.iter().zip(dst.chunks_exact_mut(QK_K)) {
+        let d = b.d();
+        for (o, &q) in y.iter_mut().zip(&b.qs) {
+            *o = d * q as f32;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q8_K activation quantizer (ggml's `quantize_row_q8_K_ref`): scale from the signed value of
+// largest magnitude, `nearest_int` (round half to even), and the sums of each group of 16.
+
+pub fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
+    let y = as_blocks_mut::<BlockQ8K>(dst);
+    debug_assert_eq!(src.len(), y.len() * QK_K);
+    for (x, b) in src.chunks_exact(QK_K).zip(y) {
+        let mut max = 0.0f32;
+        let mut amax = 0.0f32;
+        for &v in x {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            *b = BlockQ8K {
+                d: [0; 4],
+                qs: [0; QK_K],
+                bsums: [[0; 2]; QK_K / 16],
+            };
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in b.qs.iter_mut().zip(x) {
+            *q = nearest_int(iscale * v).min(127) as i8;
+        }
+        for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+            let sum: i32 = g.iter().map(|&q| q as i32).sum();
+            *s = (sum as i16).to_le_bytes();
+        }
+        b.d = (1.0 / iscale).to_le_bytes();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dot products with Q8_K activations.
+
+/// `aux32[l] += scale(g) * q8 * a` over 8-wide groups `g`, as ggml's generic kernels.
+#[inline(always)]
+fn lane_sums(a: &[i8; QK_K], q8: &[i8; QK_K], scale: impl Fn(usize) -> i32) -> [i32; 8] {
+    let mut aux32 = [0i32; 8];
+    for (g, (ag, qg)) in a.chunks_exact(8).zip(q8.chunks_exact(8)).enumerate() {
+        let s = scale(g);
+        for l in 0..8 {
+            aux32[l] += s * (qg[l] as i32 * ag[l] as i32);
+        }
+    }
+    aux32
+}
+
+pub fn vec_dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ2K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut sumf = 0.0f32;
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let mut summs = 0i32;
+        for j in 0..16 {
+            summs += by.bsum(j) as i32 * (bx.scales[j] >> 4) as i32;
+        }
+        let dall = by.d() * bx.d();
+        let dmin = by.d() * bx.dmin();
+        let q = q2k_values(bx);
+        let mut isum = 0i32;
+        for (g, (qg, q8g)) in q.chunks_exact(16).zip(by.qs.chunks_exact(16)).enumerate() {
+            let isuml: i32 = qg.iter().zip(q8g).map(|(&v, &u)| v as i32 * u as i32).sum();
+            isum += (bx.scales[g] & 0xF) as i32 * isuml;
+        }
+        sumf += dall * isum as f32 - dmin * summs as f32;
+    }
+    sumf
+}
+
+pub fn vec_dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ3K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut sums = [0.0f32; 8];
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let scales = q3k_scales(&bx.scales);
+        let aux32 = lane_sums(&q3k_values(bx), &by.qs, |g| scales[g / 2] as i32);
+        let d = bx.d() * by.d();
+        for l in 0..8 {
+            sums[l] += d * aux32[l] as f32;
+        }
+    }
+    let mut sumf = 0.0f32;
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
+/// Shared by Q4_K and Q5_K, which differ only in how quants are unpacked.
+#[inline(always)]
+fn dot_k4_like(
+    d: f32,
+    dmin: f32,
+    scales: &[u8; 12],
+    q: &[i8; QK_K],
+    by: &BlockQ8K,
+    sums: &mut [f32; 8],
+) -> f32 {
+    let (sc, m) = k4_scales_mins(scales);
+    let mut sumi = 0i32;
+    for j in 0..QK_K / 16 {
+        sumi += by.bsum(j) as i32 * m[j / 2] as i32;
+    }
+    let aux32 = lane_sums(q, &by.qs, |g| sc[g / 4] as i32);
+    let d = d * by.d();
+    for l in 0..8 {
+        sums[l] += d * aux32[l] as f32;
+    }
+    let dmin = dmin * by.d();
+    dmin * sumi as f32
+}
+
+pub fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ4K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut sums = [0.0f32; 8];
+    let mut sumf = 0.0f32;
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let q = q4k_values(&bx.qs);
+        sumf -= dot_k4_like(bx.d(), bx.dmin(), &bx.scales, &q, by, &mut sums);
+    }
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
+pub fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ5K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut sums = [0.0f32; 8];
+    let mut sumf = 0.0f32;
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let q = q5k_values(bx);
+        sumf -= dot_k4_like(bx.d(), bx.dmin(), &bx.scales, &q, by, &mut sums);
+    }
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
+pub fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ6K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut sums = [0.0f32; 8];
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let aux32 = lane_sums(&q6k_values(bx), &by.qs, |g| bx.scales[g / 2] as i32);
+        let d = bx.d() * by.d();
+        for l in 0..8 {
+            sums[l] += d * aux32[l] as f32;
+        }
+    }
+    let mut sumf = 0.0f32;
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
+/// Q8_K weights against Q8_K activations (ggml defines no such kernel; provided so every
+/// supported type has a dot product).
+pub fn vec_dot_q8_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ8K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut sumf = 0.0f32;
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let sumi: i32 = bx
+            .qs
+            .iter()
+            .zip(&by.qs)
+            .map(|(&u, &v)| u as i32 * v as i32)
+            .sum();
+        sumf += sumi as f32 * (bx.d() * by.d());
+    }
+    sumf
+}

@@ -1,0 +1,292 @@
+//! Every SIMD kernel against its scalar twin: every entry of every non-scalar ISA table this CPU
+//! can run, on random data, several lengths (one block, several, odd element counts for the
+//! float types), random-byte ("hostile") weight blocks with finite scales, and extreme values.
+//!
+//! Tolerances:
+//! - activation quantizers (`quantize_act`) and `dequantize`: byte/bit-identical;
+//! - quantized dot products: the integer sums are exact in both, only the f32 accumulation
+//!   order differs: |simd - scalar| <= 1e-5 * sum_i |w_i a_i| (+ 1e-30);
+//! - F32/F16/BF16 dot products (f32 FMA lanes vs f64 accumulation):
+//!   |simd - scalar| <= n * 2^-23 * sum_i |w_i a_i| (+ 1e-30).
+
+use dino_core::GgmlType::{self, *};
+use dino_kernels::dispatch::{kernels_for, Isa, TypeKernels};
+use dino_kernels::quant::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn simd_levels() -> Vec<Isa> {
+    let v: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar && i.available())
+        .collect();
+    if v.is_empty() {
+        eprintln!("no SIMD level available on this CPU: scalar-vs-SIMD tests are vacuous");
+    }
+    v
+}
+
+fn scalar(t: GgmlType) -> &'static TypeKernels {
+    kernels_for(Isa::Scalar, t).unwrap()
+}
+
+fn rand_f32(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+        .collect()
+}
+
+/// Offsets of the f16 scale fields in a block of `t` (for patching random bytes).
+fn f16_fields(t: GgmlType) -> &'static [usize] {
+    match t {
+        Q4_0 | Q5_0 | Q8_0 => &[0],
+        Q4_1 | Q5_1 | Q8_1 | Q4_K | Q5_K => &[0, 2],
+        Q2_K => &[80, 82],
+        Q3_K => &[108],
+        Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// Random bytes for a weight row of `t`, with every scale made finite (a random f16 in
+/// +-[2^-14, scale_max], or for float types every element).
+fn hostile_row(rng: &mut StdRng, t: GgmlType, n: usize, scale_max: f32) -> Vec<u8> {
+    let mut b: Vec<u8> = (0..t.row_size(n as u64).unwrap())
+        .map(|_| rng.random())
+        .collect();
+    let finite = |rng: &mut StdRng| {
+        let v = rng.random_range(2f32.powi(-14)..scale_max) * if rng.random() { 1.0 } else { -1.0 };
+        f16_to_le(v)
+    };
+    match t {
+        F32 => {
+            for c in b.chunks_exact_mut(4) {
+                c.copy_from_slice(&(rng.random_range(-1.0f32..1.0) * scale_max).to_le_bytes());
+            }
+        }
+        F16 => {
+            for c in b.chunks_exact_mut(2) {
+                c.copy_from_slice(&finite(rng));
+            }
+        }
+        BF16 => {
+            for c in b.chunks_exact_mut(2) {
+                let v = rng.random_range(-1.0f32..1.0) * scale_max;
+                c.copy_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
+            }
+        }
+        Q8_K => {
+            for blk in b.chunks_exact_mut(t.type_size()) {
+                blk[..4].copy_from_slice(&rng.random_range(-scale_max..scale_max).to_le_bytes());
+                // Quants of -128 cannot come from our quantizer; keep weights in -127..=127 too.
+                for q in &mut blk[4..260] {
+                    if *q == 0x80 {
+                        *q = 0x81;
+                    }
+                }
+            }
+        }
+        _ => {
+            for blk in b.chunks_exact_mut(t.type_size()) {
+                for &off in f16_fields(t) {
+                    blk[off..off + 2].copy_from_slice(&finite(rng));
+                }
+            }
+        }
+    }
+    b
+}
+
+fn quantize_act_both(t: GgmlType, isa: Isa, x: &[f32]) -> Vec<u8> {
+    let act = vec_dot_type(t).unwrap();
+    let mut qs = vec![0u8; act.row_size(x.len() as u64).unwrap() as usize];
+    let mut qv = qs.clone();
+    (scalar(t).quantize_act)(x, &mut qs);
+    (kernels_for(isa, t).unwrap().quantize_act)(x, &mut qv);
+    assert_eq!(
+        qs,
+        qv,
+        "{isa} quantize_act for {t} differs from scalar (n = {})",
+        x.len()
+    );
+    qs
+}
+
+/// sum |w_i a_i| from the dequantized rows (the natural scale of the dot product).
+fn abs_dot(t: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f64 {
+    let act = vec_dot_type(t).unwrap();
+    let mut wd = vec![0f32; n];
+    let mut ad = vec![0f32; n];
+    dequantize_row(t, w, &mut wd).unwrap();
+    dequantize_row(act, a, &mut ad).unwrap();
+    wd.iter()
+        .zip(&ad)
+        .map(|(&x, &y)| (x as f64 * y as f64).abs())
+        .sum()
+}
+
+fn check_dot(t: GgmlType, isa: Isa, n: usize, w: &[u8], a: &[u8], what: &str) {
+    let s = (scalar(t).vec_dot)(n, w, a) as f64;
+    let v = (kernels_for(isa, t).unwrap().vec_dot)(n, w, a) as f64;
+    let scale = abs_dot(t, n, w, a);
+    let rel = if matches!(t, F32 | F16 | BF16) {
+        n as f64 * 2f64.powi(-23)
+    } else {
+        1e-5
+    };
+    let tol = rel * scale + 1e-30;
+    if s == v || (s.is_nan() && v.is_nan()) {
+        return; // equal infinities / NaNs: Q8_1's f16 `s` overflows for 1e4 inputs, as in ggml
+    }
+    assert!(
+        (s - v).abs() <= tol,
+        "{isa} vec_dot {t} n={n} ({what}): simd {v} vs scalar {s}, diff {} > tol {tol}",
+        (s - v).abs()
+    );
+}
+
+fn lengths(t: GgmlType) -> Vec<usize> {
+    let bs = t.block_size();
+    if bs == 1 {
+        vec![1, 7, 8, 31, 32, 33, 100, 256, 1000, 4096]
+    } else {
+        vec![bs, 2 * bs, 3 * bs, 4096.max(bs) / bs * bs]
+    }
+}
+
+#[test]
+fn vec_dot_simd_matches_scalar_random() {
+    let mut rng = StdRng::seed_from_u64(42);
+    for isa in simd_levels() {
+        for t in SUPPORTED {
+            for n in lengths(t) {
+                for _ in 0..3 {
+                    // Realistic: weights from our quantizer.
+                    let wf = rand_f32(&mut rng, n, 1.0);
+                    let mut w = vec![0u8; t.row_size(n as u64).unwrap() as usize];
+                    quantize_row(t, &wf, &mut w).unwrap();
+                    let a = quantize_act_both(t, isa, &rand_f32(&mut rng, n, 3.0));
+                    check_dot(t, isa, n, &w, &a, "quantized weights");
+                    // Hostile: random bytes with finite scales.
+                    let w = hostile_row(&mut rng, t, n, 2.0);
+                    check_dot(t, isa, n, &w, &a, "random-byte weights");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn vec_dot_simd_matches_scalar_extremes() {
+    let mut rng = StdRng::seed_from_u64(43);
+    for isa in simd_levels() {
+        for t in SUPPORTED {
+            let bs = t.block_size().max(32);
+            for n in [bs, 8 * bs] {
+                let rs = t.row_size(n as u64).unwrap() as usize;
+                // Weight rows: all bits set / all clear with finite scales, huge and tiny scales.
+                let mut rows: Vec<(Vec<u8>, &str)> = Vec::new();
+                for (fill, name) in [
+                    (0xFFu8, "all-ones bits"),
+                    (0x00, "all-zero bits"),
+                    (0x77, "0x77 bytes"),
+                ] {
+                    let mut w = vec![fill; rs];
+                    for blk in w.chunks_exact_mut(t.type_size()) {
+                        for &off in f16_fields(t) {
+                            blk[off..off + 2].copy_from_slice(&f16_to_le(1.5));
+                        }
+                        if t == Q8_K {
+                            blk[..4].copy_from_slice(&1.5f32.to_le_bytes());
+                            blk[4..260]
+                                .iter_mut()
+                                .for_each(|q| *q = if fill == 0xFF { 0x81 } else { fill });
+                        }
+                    }
+                    if matches!(t, F16 | BF16 | F32) {
+                        let mut q = vec![0u8; rs];
+                        quantize_row(t, &vec![if fill == 0 { 0.0 } else { -1.0 }; n], &mut q)
+                            .unwrap();
+                        w = q;
+                    }
+                    rows.push((w, name));
+                }
+                rows.push((hostile_row(&mut rng, t, n, 60000.0), "huge scales"));
+                rows.push((hostile_row(&mut rng, t, n, 2f32.powi(-13)), "tiny scales"));
+                // Activations: all max, all min, zeros, alternating huge/small, tiny.
+                let acts: Vec<(Vec<f32>, &str)> = vec![
+                    (vec![1e4; n], "all max"),
+                    (vec![-1e4; n], "all min"),
+                    (vec![0.0; n], "zeros"),
+                    (
+                        (0..n)
+                            .map(|i| if i % 2 == 0 { 1e4 } else { -1e-4 })
+                            .collect(),
+                        "alternating",
+                    ),
+                    (rand_f32(&mut rng, n, 1e-20), "tiny"),
+                    (
+                        (0..n).map(|i| (i % 255) as f32 - 127.0).collect(),
+                        "integer ramp",
+                    ),
+                ];
+                for (x, xname) in &acts {
+                    let a = quantize_act_both(t, isa, x);
+                    for (w, wname) in &rows {
+                        check_dot(t, isa, n, w, &a, &format!("{wname} x {xname}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_act_simd_is_byte_identical() {
+    let mut rng = StdRng::seed_from_u64(44);
+    for isa in simd_levels() {
+        for t in SUPPORTED {
+            let bs = vec_dot_type(t).unwrap().block_size();
+            for n in [
+                bs,
+                2 * bs,
+                4096 / bs.max(1) * bs.max(1),
+                if bs == 1 { 37 } else { 16 * bs },
+            ] {
+                for scale in [1e-30f32, 1e-3, 1.0, 1e4] {
+                    quantize_act_both(t, isa, &rand_f32(&mut rng, n, scale));
+                }
+                // Exact .5 ties after scaling (amax 127 -> id = 1 for Q8_0/Q8_1).
+                let mut x: Vec<f32> = (0..n).map(|i| (i % 64) as f32 * 0.5 - 16.0).collect();
+                x[0] = 127.0;
+                quantize_act_both(t, isa, &x);
+                // +-amax ties: the first one decides the sign of the Q8_K scale.
+                let x: Vec<f32> = (0..n)
+                    .map(|i| if i % 3 == 0 { -2.0 } else { 2.0 })
+                    .collect();
+                quantize_act_both(t, isa, &x);
+                quantize_act_both(t, isa, &vec![0.0; n]);
+                quantize_act_both(t, isa, &vec![-7.0; n]);
+            }
+        }
+    }
+}
+
+#[test]
+fn dequantize_simd_table_is_bit_identical() {
+    let mut rng = StdRng::seed_from_u64(45);
+    for isa in simd_levels() {
+        for t in SUPPORTED {
+            let n = 4 * t.block_size().max(64);
+            let w = hostile_row(&mut rng, t, n, 4.0);
+            let mut a = vec![0f32; n];
+            let mut b = vec![0f32; n];
+            (scalar(t).dequantize)(&w, &mut a);
+            (kernels_for(isa, t).unwrap().dequantize)(&w, &mut b);
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{isa} dequantize {t}"
+            );
+        }
+    }
+}
