@@ -1,3 +1,396 @@
+//! `dino`: run, inspect, score and fetch GGUF language models on the CPU.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use dino_engine::metrics::{fmt_bytes, peak_rss_bytes};
+use dino_engine::{
+    generate, perplexity, Engine, EngineOptions, GenerateParams, PerplexityOptions, SamplerConfig,
+};
+use dino_formats::gguf::GgufFile;
+use dino_hub as pull;
+use std::io::{IsTerminal, Read, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "dino",
+    version,
+    about = "Dino: a lightweight LLM inference engine for the CPU",
+    long_about = "Dino runs GGUF language models on ordinary CPUs.\n\n\
+        Quick start:\n  dino run -p \"Once upon a time\"      (fetches the default model, SmolLM2-135M-Instruct Q4_1)\n  \
+        dino pull --list                      (models Dino can fetch)\n  dino inspect model.gguf               (metadata and tensors)\n  \
+        dino perplexity -m model.gguf -f text.txt"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt, streaming it to stdout; timings and memory go to stderr.
+    Run(RunArgs),
+    /// Download a model into the cache ($DINO_HOME, else ~/.cache/dino), verifying its sha256.
+    Pull(PullArgs),
+    /// Print a GGUF file's metadata and tensor table.
+    Inspect(InspectArgs),
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(PplArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model: a GGUF file path or a catalog name (see `dino pull --list`). Default: SmolLM2-135M-Instruct Q4_1.
+    #[arg(short = 'm', long = "model")]
+    model: Option<String>,
+    /// Threads (default: all cores).
+    #[arg(short = 't', long = "threads", default_value_t = 0)]
+    threads: usize,
+    /// Context size in tokens (default: the model's trained context, capped by free memory).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text (read from stdin when omitted and stdin is not a terminal).
+    #[arg(short = 'p', long = "prompt")]
+    prompt: Option<String>,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n_predict: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temp: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling: keep the smallest set with this total probability (1 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than min-p × the top token's probability (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalize repeated tokens (1 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens the penalties consider.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Subtract this × count of each recent token from its logit.
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Subtract this from the logit of every recent token.
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Random seed (default: random); the same seed reproduces the same text.
+    #[arg(short = 's', long = "seed")]
+    seed: Option<u64>,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long = "ignore-eos")]
+    ignore_eos: bool,
+    /// Don't print the prompt before the generated text.
+    #[arg(long = "no-display-prompt")]
+    no_display_prompt: bool,
+    /// Print the statistics as one JSON line on stderr too.
+    #[arg(long = "json-stats")]
+    json_stats: bool,
+}
+
+#[derive(Args)]
+struct PullArgs {
+    /// Catalog name (default: the default model).
+    name: Option<String>,
+    /// List the models Dino can fetch.
+    #[arg(long)]
+    list: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// GGUF file or catalog name.
+    file: String,
+    /// Print every array element in full instead of a preview.
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(Args)]
+struct PplArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text file to score.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Evaluate only the first N chunks.
+    #[arg(long = "chunks")]
+    chunks: Option<usize>,
+    /// Tokens per forward batch.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch: usize,
+}
+
 fn main() {
-    println!("Hello, world!");
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Pull(a) => cmd_pull(a),
+        Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Perplexity(a) => cmd_ppl(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn pull_opts(quiet: bool) -> pull::PullOptions {
+    pull::PullOptions {
+        quiet,
+        ..Default::default()
+    }
+}
+
+fn load_engine(m: &ModelArgs) -> Result<Engine> {
+    let path = pull::resolve_model(m.model.as_deref(), &pull_opts(false))?;
+    let engine = Engine::load(
+        &path,
+        &EngineOptions {
+            threads: m.threads,
+            warm_up: true,
+        },
+    )
+    .with_context(|| format!("loading {}", path.display()))?;
+    let info = engine.model.info();
+    eprintln!(
+        "model: {} ({}, {} layers, {} embd, vocab {}) from {}",
+        info.name.as_deref().unwrap_or("?"),
+        info.arch,
+        info.hparams.n_layer,
+        info.hparams.n_embd,
+        info.hparams.n_vocab,
+        path.display()
+    );
+    Ok(engine)
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let prompt = match a.prompt {
+        Some(p) => p,
+        None if !std::io::stdin().is_terminal() => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from stdin")?;
+            s
+        }
+        None => bail!("give a prompt with -p \"...\" (or pipe it on stdin)"),
+    };
+    let engine = load_engine(&a.model)?;
+    let ctx = engine.choose_ctx(a.model.ctx_size)?;
+    if let Some(trained) = ctx.capped_from {
+        eprintln!(
+            "note: context capped at {} tokens (trained: {trained}) to fit the memory available; use --ctx-size to choose",
+            ctx.n_ctx
+        );
+    }
+    let mut kv = engine.new_kv(ctx.n_ctx)?;
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let params = GenerateParams {
+        max_tokens: a.n_predict,
+        sampler: SamplerConfig {
+            temperature: a.temp,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            frequency_penalty: a.frequency_penalty,
+            presence_penalty: a.presence_penalty,
+            penalty_last_n: a.repeat_last_n,
+            seed,
+        },
+        n_batch: 512,
+        stop_at_eog: !a.ignore_eos,
+    };
+    let tokens = engine.tokenizer.encode(&prompt, true, true)?;
+    let mut out = std::io::stdout().lock();
+    if !a.no_display_prompt {
+        write!(out, "{prompt}")?;
+        out.flush()?;
+    }
+    let stats = generate(&engine, &mut kv, &tokens, &params, |_, text| {
+        if write!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    writeln!(out)?;
+    let peak = peak_rss_bytes();
+    eprintln!();
+    eprintln!(
+        "load time        {:>9.1} ms",
+        engine.load_time.as_secs_f64() * 1e3
+    );
+    eprintln!(
+        "prompt           {:>9} tokens  {:>9.2} tokens/s  ({:.1} ms)",
+        stats.prompt_tokens,
+        stats.prompt_tps(),
+        stats.prompt_time.as_secs_f64() * 1e3
+    );
+    eprintln!(
+        "first token      {:>9.1} ms",
+        stats.time_to_first_token.as_secs_f64() * 1e3
+    );
+    eprintln!(
+        "generated        {:>9} tokens  {:>9.2} tokens/s  ({:.2} ms/token)",
+        stats.generated_tokens,
+        stats.gen_tps(),
+        if stats.gen_tps() > 0.0 {
+            1e3 / stats.gen_tps()
+        } else {
+            0.0
+        }
+    );
+    eprintln!(
+        "peak RSS         {:>9}",
+        peak.map(fmt_bytes).unwrap_or_else(|| "unavailable".into())
+    );
+    eprintln!(
+        "context          {:>9} tokens  KV cache {}   threads {}   seed {seed}",
+        ctx.n_ctx,
+        fmt_bytes(kv.bytes()),
+        engine.pool.n_threads()
+    );
+    if a.json_stats {
+        eprintln!(
+            "{{\"load_ms\":{:.3},\"prompt_tokens\":{},\"prompt_tps\":{:.3},\"ttft_ms\":{:.3},\"gen_tokens\":{},\"gen_tps\":{:.3},\"peak_rss_bytes\":{},\"seed\":{seed},\"tokens\":{:?}}}",
+            engine.load_time.as_secs_f64() * 1e3,
+            stats.prompt_tokens,
+            stats.prompt_tps(),
+            stats.time_to_first_token.as_secs_f64() * 1e3,
+            stats.generated_tokens,
+            stats.gen_tps(),
+            peak.unwrap_or(0),
+            stats.tokens
+        );
+    }
+    Ok(())
+}
+
+fn cmd_pull(a: PullArgs) -> Result<()> {
+    if a.list {
+        for e in pull::catalog() {
+            println!("{e}");
+        }
+        return Ok(());
+    }
+    let name = a.name.as_deref().unwrap_or("default");
+    let path = pull::pull(name, &pull_opts(a.quiet))?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    let path = pull::resolve_model(Some(&a.file), &pull_opts(false))?;
+    let f = GgufFile::open(&path)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}: GGUF v{}, {} metadata keys, {} tensors, alignment {}, data at {}, {} bytes",
+        path.display(),
+        f.version(),
+        f.metadata().len(),
+        f.tensors().len(),
+        f.alignment(),
+        f.data_offset(),
+        f.file_size()
+    )?;
+    writeln!(out, "\nmetadata:")?;
+    for (k, v) in f.metadata().iter() {
+        if a.full {
+            writeln!(out, "  {k:<48} {v:?}")?;
+        } else {
+            writeln!(out, "  {k:<48} {v}")?;
+        }
+    }
+    writeln!(out, "\ntensors:")?;
+    writeln!(
+        out,
+        "  {:<4} {:<40} {:<8} {:<24} {:>14} {:>12}",
+        "#", "name", "type", "dims", "bytes", "offset"
+    )?;
+    let mut total = 0u64;
+    for (i, t) in f.tensors().iter().enumerate() {
+        let dims = t
+            .dims
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" x ");
+        writeln!(
+            out,
+            "  {:<4} {:<40} {:<8} {:<24} {:>14} {:>12}",
+            i,
+            t.name,
+            t.ty.name(),
+            dims,
+            t.size,
+            t.offset
+        )?;
+        total += t.size;
+    }
+    let n_params: u64 = f.tensors().iter().map(|t| t.n_elements()).sum();
+    writeln!(
+        out,
+        "\n{} parameters, {} of tensor data ({:.2} bits per weight)",
+        n_params,
+        fmt_bytes(total),
+        total as f64 * 8.0 / n_params.max(1) as f64
+    )?;
+    Ok(())
+}
+
+fn cmd_ppl(a: PplArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let engine = load_engine(&a.model)?;
+    let n_ctx = a.model.ctx_size.unwrap_or(512);
+    let opts = PerplexityOptions {
+        n_ctx,
+        max_chunks: a.chunks,
+        n_batch: a.batch.min(n_ctx),
+    };
+    eprintln!("perplexity: n_ctx = {n_ctx}, scoring the second half of each chunk");
+    let mut err = std::io::stderr();
+    let r = perplexity(&engine, &text, &opts, |i, n, running| {
+        let _ = write!(err, "[{}]{:.4},", i + 1, running);
+        if i + 1 == n {
+            let _ = writeln!(err);
+        }
+        let _ = err.flush();
+    })?;
+    eprintln!(
+        "{} tokens, {} chunks of {n_ctx}, {} scored, {:.1} s ({:.1} tokens/s), peak RSS {}",
+        r.n_tokens,
+        r.n_chunks,
+        r.n_scored,
+        r.elapsed.as_secs_f64(),
+        (r.n_chunks * n_ctx) as f64 / r.elapsed.as_secs_f64(),
+        peak_rss_bytes()
+            .map(fmt_bytes)
+            .unwrap_or_else(|| "unavailable".into())
+    );
+    println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
+    Ok(())
 }

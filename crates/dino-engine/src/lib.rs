@@ -1,14 +1,229 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The engine: loads a model and its tokenizer, owns the KV cache, runs generation with a
+//! sampler chain, computes perplexity, and reports timings and memory.
+
+pub mod metrics;
+mod perplexity;
+pub mod sampler;
+
+pub use dino_models::{Batch, KvCache, Logits, Model, ModelInfo};
+pub use dino_tokenizer::Tokenizer;
+pub use perplexity::{perplexity, PerplexityOptions, PerplexityResult};
+pub use sampler::{Sampler, SamplerConfig};
+
+use dino_core::{Error, Result};
+use dino_formats::gguf::GgufFile;
+use dino_kernels::pool::ThreadPool;
+use dino_models::LoadOptions;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Threads (0 = all cores).
+    pub threads: usize,
+    /// Touch all weight pages at load so the first request is not slow.
+    pub warm_up: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A loaded model with its tokenizer and thread pool.
+pub struct Engine {
+    pub model: Box<dyn Model>,
+    pub tokenizer: Tokenizer,
+    pub file: Arc<GgufFile>,
+    pub pool: Arc<ThreadPool>,
+    pub load_time: Duration,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// How a context size was chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CtxChoice {
+    pub n_ctx: usize,
+    /// Set when the trained context was reduced to fit free memory: (trained, reason).
+    pub capped_from: Option<usize>,
+}
+
+impl Engine {
+    pub fn load(path: impl AsRef<Path>, opts: &EngineOptions) -> Result<Engine> {
+        let t0 = Instant::now();
+        let file = Arc::new(GgufFile::open(path.as_ref())?);
+        let tokenizer = Tokenizer::from_gguf(file.metadata())?;
+        let pool = Arc::new(ThreadPool::new(opts.threads));
+        let model = dino_models::load(file.clone(), &LoadOptions { pool: pool.clone() })?;
+        if tokenizer.n_vocab() > model.info().hparams.n_vocab {
+            return Err(Error::format(
+                path.as_ref().display(),
+                format!(
+                    "tokenizer has {} tokens but the model's vocabulary is {}",
+                    tokenizer.n_vocab(),
+                    model.info().hparams.n_vocab
+                ),
+            ));
+        }
+        if opts.warm_up {
+            model.warm_up();
+        }
+        Ok(Engine {
+            model,
+            tokenizer,
+            file,
+            pool,
+            load_time: t0.elapsed(),
+        })
     }
+
+    /// The context size to use: `requested`, or the trained context capped so the KV cache
+    /// takes at most half of the memory available now.
+    pub fn choose_ctx(&self, requested: Option<usize>) -> Result<CtxChoice> {
+        let trained = self.model.info().hparams.n_ctx_train;
+        if let Some(n) = requested {
+            if n == 0 {
+                return Err(Error::invalid("--ctx-size must be at least 1"));
+            }
+            return Ok(CtxChoice {
+                n_ctx: n,
+                capped_from: None,
+            });
+        }
+        let per_pos = KvCache::bytes_for(self.model.kv_shape(), 1, 1).max(1);
+        let budget = metrics::available_memory_bytes().map(|a| a / 2);
+        match budget {
+            Some(b) if per_pos * trained as u64 > b => {
+                let n = ((b / per_pos) as usize / 256 * 256).max(256).min(trained);
+                Ok(CtxChoice {
+                    n_ctx: n,
+                    capped_from: Some(trained),
+                })
+            }
+            _ => Ok(CtxChoice {
+                n_ctx: trained,
+                capped_from: None,
+            }),
+        }
+    }
+
+    /// A fresh single-sequence KV cache of `n_ctx` positions.
+    pub fn new_kv(&self, n_ctx: usize) -> Result<KvCache> {
+        KvCache::new(self.model.kv_shape(), n_ctx, 1)
+    }
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Tokens per prompt-processing batch.
+    pub n_batch: usize,
+    /// Stop at an end-of-generation token.
+    pub stop_at_eog: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 128,
+            sampler: SamplerConfig::default(),
+            n_batch: 512,
+            stop_at_eog: true,
+        }
+    }
+}
+
+/// Timings and counts of one generation.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub prompt_time: Duration,
+    /// From the start of prompt processing to the first generated token.
+    pub time_to_first_token: Duration,
+    pub generated_tokens: usize,
+    /// Time spent producing tokens after the first.
+    pub gen_time: Duration,
+    pub tokens: Vec<u32>,
+    pub stopped_at_eog: bool,
+}
+
+impl GenerateStats {
+    pub fn prompt_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+    /// Generation speed over the tokens after the first (the first costs the prompt).
+    pub fn gen_tps(&self) -> f64 {
+        if self.generated_tokens <= 1 {
+            return 0.0;
+        }
+        (self.generated_tokens - 1) as f64 / self.gen_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Generate from prompt tokens with one sequence of `kv`. `on_token(id, text)` receives each
+/// token and the newly completed text (never half a UTF-8 character); return `Break` to stop.
+pub fn generate(
+    engine: &Engine,
+    kv: &mut KvCache,
+    prompt: &[u32],
+    params: &GenerateParams,
+    mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+) -> Result<GenerateStats> {
+    if prompt.is_empty() {
+        return Err(Error::invalid("the prompt is empty (no tokens)"));
+    }
+    let n_ctx = kv.n_ctx();
+    if prompt.len() >= n_ctx {
+        return Err(Error::invalid(format!(
+            "the prompt has {} tokens but the context holds {n_ctx}; raise --ctx-size or shorten the prompt",
+            prompt.len()
+        )));
+    }
+    let mut sampler = Sampler::new(params.sampler.clone())?;
+    let mut stats = GenerateStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut logits = Logits::default();
+    let t0 = Instant::now();
+    let n_batch = params.n_batch.max(1);
+    for (i, chunk) in prompt.chunks(n_batch).enumerate() {
+        let batch = Batch::from_tokens(chunk, i * n_batch, 0, false);
+        engine.model.forward(&batch, kv, &mut logits)?;
+    }
+    stats.prompt_time = t0.elapsed();
+    let mut decoder = engine.tokenizer.stream_decoder();
+    let mut pos = prompt.len();
+    let t_gen = Instant::now();
+    let mut batch = Batch::default();
+    while stats.generated_tokens < params.max_tokens {
+        let tok = sampler.sample(logits.last(), &history);
+        if stats.generated_tokens == 0 {
+            stats.time_to_first_token = t0.elapsed();
+        }
+        stats.generated_tokens += 1;
+        stats.tokens.push(tok);
+        history.push(tok);
+        if params.stop_at_eog && engine.tokenizer.is_eog(tok) {
+            stats.stopped_at_eog = true;
+            break;
+        }
+        let text = decoder.push(tok);
+        if on_token(tok, &text).is_break() {
+            break;
+        }
+        if stats.generated_tokens == params.max_tokens || pos + 1 > n_ctx - 1 {
+            break;
+        }
+        batch.clear();
+        batch.push(tok, pos as u32, 0, true);
+        engine.model.forward(&batch, kv, &mut logits)?;
+        pos += 1;
+    }
+    let rest = decoder.flush();
+    if !rest.is_empty() {
+        let _ = on_token(u32::MAX, &rest);
+    }
+    stats.gen_time = t_gen.elapsed().saturating_sub(Duration::ZERO);
+    Ok(stats)
 }

@@ -152,12 +152,12 @@ fn scalar_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     table!(KF32: float::vec_dot_f32, float::f32_to_bytes, float::bytes_to_f32, F32);
     table!(KF16: float::vec_dot_f16, float::f32_to_f16, float::f16_to_f32, F16);
     table!(KBF16: float::vec_dot_bf16, float::f32_to_bf16, float::bf16_to_f32, BF16);
-    table!(KQ4_0: l::vec_dot_q4_0_q8_0, l::quantize_q8_0, l::dequantize_q4_0, Q8_0);
-    table!(KQ4_1: l::vec_dot_q4_1_q8_1, l::quantize_q8_1, l::dequantize_q4_1, Q8_1);
-    table!(KQ5_0: l::vec_dot_q5_0_q8_0, l::quantize_q8_0, l::dequantize_q5_0, Q8_0);
-    table!(KQ5_1: l::vec_dot_q5_1_q8_1, l::quantize_q8_1, l::dequantize_q5_1, Q8_1);
-    table!(KQ8_0: l::vec_dot_q8_0_q8_0, l::quantize_q8_0, l::dequantize_q8_0, Q8_0);
-    table!(KQ8_1: l::vec_dot_q8_1_q8_1, l::quantize_q8_1, l::dequantize_q8_1, Q8_1);
+    table!(KQ4_0: l::vec_dot_q4_0_q8_0, l::quantize_q8_0_act, l::dequantize_q4_0, Q8_0);
+    table!(KQ4_1: l::vec_dot_q4_1_q8_1, l::quantize_q8_1_act, l::dequantize_q4_1, Q8_1);
+    table!(KQ5_0: l::vec_dot_q5_0_q8_0, l::quantize_q8_0_act, l::dequantize_q5_0, Q8_0);
+    table!(KQ5_1: l::vec_dot_q5_1_q8_1, l::quantize_q8_1_act, l::dequantize_q5_1, Q8_1);
+    table!(KQ8_0: l::vec_dot_q8_0_q8_0, l::quantize_q8_0_act, l::dequantize_q8_0, Q8_0);
+    table!(KQ8_1: l::vec_dot_q8_1_q8_1, l::quantize_q8_1_act, l::dequantize_q8_1, Q8_1);
     table!(KQ2K: k::vec_dot_q2_k_q8_k, k::quantize_q8_k, k::dequantize_q2_k, Q8_K);
     table!(KQ3K: k::vec_dot_q3_k_q8_k, k::quantize_q8_k, k::dequantize_q3_k, Q8_K);
     table!(KQ4K: k::vec_dot_q4_k_q8_k, k::quantize_q8_k, k::dequantize_q4_k, Q8_K);

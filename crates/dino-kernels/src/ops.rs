@@ -7,6 +7,7 @@ use half::f16;
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert!(x.len() == w.len() && x.len() == out.len());
     let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    // As ggml: squares summed in double, the mean and the root taken in float.
     let mean = (sum / x.len() as f64) as f32;
     let scale = 1.0f32 / (mean + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
@@ -163,6 +164,65 @@ pub fn attend_head(
     }
 }
 
+/// Attention of one query head for single-token decode, with llama.cpp's CPU flash-attention
+/// numerics for an F16 cache: the query is rounded to f16, scores are f16·f16 dot products
+/// accumulated in f32, and the value accumulator is kept in f16 (each update rounded), with
+/// the online-softmax sum in f32. Matching these roundings keeps greedy decoding token-exact
+/// with llama.cpp; [`attend_head`] is the f32 form used for prompt batches (as llama.cpp's
+/// tiled path is).
+pub fn attend_head_decode(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    n_pos: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    let hd = s.head_dim;
+    let row = s.n_head_kv * hd;
+    let off = kv_head * hd;
+    let mut qh = [0f32; 512];
+    let qh = &mut qh[..hd];
+    for (d, &x) in qh.iter_mut().zip(q) {
+        *d = f16::from_f32(x).to_f32();
+    }
+    // f16 accumulator, held as the f32 value of each f16.
+    let mut acc = [0f32; 512];
+    let acc = &mut acc[..hd];
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    for p in 0..n_pos {
+        let kr = &k[p * row + off..p * row + off + hd];
+        let mut dot = 0f32;
+        for i in 0..hd {
+            dot += kr[i].to_f32() * qh[i];
+        }
+        let score = dot * s.scale;
+        let mut ms = 1.0f32;
+        let mut vs = 1.0f32;
+        if score > max {
+            let old = max;
+            max = score;
+            ms = (old - max).exp();
+            for a in acc.iter_mut() {
+                *a = f16::from_f32(*a * ms).to_f32();
+            }
+        } else {
+            vs = (score - max).exp();
+        }
+        let vr = &v[p * row + off..p * row + off + hd];
+        for i in 0..hd {
+            acc[i] = f16::from_f32(vr[i].to_f32().mul_add(vs, acc[i])).to_f32();
+        }
+        sum = sum * ms + vs;
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for (o, &a) in out.iter_mut().zip(acc.iter()) {
+        *o = a * inv;
+    }
+}
+
 /// `log softmax(logits)[target]`, computed in f64 as llama.cpp's perplexity tool does.
 pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -245,6 +305,31 @@ mod tests {
                 .map(|p| (scores[p] - m).exp() / z * v[p * 4 + i].to_f64())
                 .sum();
             assert!((out[i] as f64 - want).abs() < 1e-5, "{i}");
+        }
+    }
+
+    #[test]
+    fn decode_attention_is_close_to_f32_attention() {
+        let s = AttnShape {
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 64,
+            scale: 0.125,
+        };
+        let n_pos = 37;
+        let k: Vec<f16> = (0..n_pos * 64)
+            .map(|i| f16::from_f32(((i * 7 % 13) as f32 - 6.0) * 0.2))
+            .collect();
+        let v: Vec<f16> = (0..n_pos * 64)
+            .map(|i| f16::from_f32(((i * 5 % 11) as f32 - 5.0) * 0.3))
+            .collect();
+        let q: Vec<f32> = (0..64).map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.25).collect();
+        let (mut a, mut b) = (vec![0f32; 64], vec![0f32; 64]);
+        attend_head(&q, &k, &v, n_pos, 0, &s, &mut a);
+        attend_head_decode(&q, &k, &v, n_pos, 0, &s, &mut b);
+        for i in 0..64 {
+            // f16 accumulation: ~1e-3 relative.
+            assert!((a[i] - b[i]).abs() < 5e-3, "{i}: {} vs {}", a[i], b[i]);
         }
     }
 

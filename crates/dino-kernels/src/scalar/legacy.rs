@@ -166,6 +166,48 @@ pub fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// `(d, id)` of ggml's x86 activation quantizers: `d = amax / 127`, `id = 127 / amax`
+/// (not `1 / d`: the two differ in the last bit for some `amax`).
+pub(crate) fn q8_scale_act(x: &[f32]) -> (f32, f32) {
+    let mut amax = 0.0f32;
+    for &v in x {
+        amax = amax.max(v.abs());
+    }
+    (amax / 127.0, if amax != 0.0 { 127.0 / amax } else { 0.0 })
+}
+
+/// Q8_0 activation quantizer as llama.cpp runs it on x86 (`quantize_row_q8_0` in
+/// `ggml-cpu/arch/x86/quants.c`): `id = 127 / amax` and rounding half to even. The reference
+/// quantizer above (`roundf(x / d)`, used for weights) differs from it in rare ties; activations
+/// follow the runtime path so that logits match llama.cpp's bit for bit where the rest does.
+pub fn quantize_q8_0_act(src: &[f32], dst: &mut [u8]) {
+    let y = as_blocks_mut::<BlockQ8_0>(dst);
+    debug_assert_eq!(src.len(), y.len() * QK);
+    for (x, b) in src.chunks_exact(QK).zip(y) {
+        let (d, id) = q8_scale_act(x);
+        b.d = f16_to_le(d);
+        for (q, &v) in b.qs.iter_mut().zip(x) {
+            *q = (v * id).round_ties_even() as i8;
+        }
+    }
+}
+
+/// Q8_1 activation quantizer as llama.cpp runs it on x86; see [`quantize_q8_0_act`].
+pub fn quantize_q8_1_act(src: &[f32], dst: &mut [u8]) {
+    let y = as_blocks_mut::<BlockQ8_1>(dst);
+    debug_assert_eq!(src.len(), y.len() * QK);
+    for (x, b) in src.chunks_exact(QK).zip(y) {
+        let (d, id) = q8_scale_act(x);
+        b.d = f16_to_le(d);
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(x) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        b.s = f16_to_le(sum as f32 * d);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dequantization
 

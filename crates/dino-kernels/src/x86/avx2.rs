@@ -218,17 +218,6 @@ unsafe fn pack_i8(i0: __m256i, i1: __m256i, i2: __m256i, i3: __m256i) -> __m256i
     _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
-/// `roundf`: round half away from zero (exact for |v| < 2^23).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn round_away(v: __m256) -> __m256 {
-    let t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    let frac = abs_ps(_mm256_sub_ps(v, t));
-    let ge_half = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5), _CMP_GE_OQ);
-    let one = _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(v, _mm256_set1_ps(-0.0)));
-    _mm256_add_ps(t, _mm256_and_ps(ge_half, one))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Float rows
 
@@ -410,7 +399,8 @@ unsafe fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     hsum_ps(acc)
 }
 
-/// Quantizes one block of 32 to i8 with `roundf(v * id)`; returns the quants and their sum.
+/// Quantizes one block of 32 to i8 with `round_ties_even(v * id)` (ggml's x86 activation
+/// rounding); returns the quants and their sum.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_block(x: &[f32; 32], id: f32) -> (__m256i, i32) {
@@ -418,7 +408,9 @@ unsafe fn q8_block(x: &[f32; 32], id: f32) -> (__m256i, i32) {
     let mut q = [_mm256_setzero_si256(); 4];
     for (k, q) in q.iter_mut().enumerate() {
         let v = load8f(x[8 * k..8 * k + 8].try_into().expect("8 floats"));
-        *q = _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v, id)));
+        *q = _mm256_cvtps_epi32(_mm256_round_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(_mm256_mul_ps(v, id)));
     }
     let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
     let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
@@ -427,7 +419,7 @@ unsafe fn q8_block(x: &[f32; 32], id: f32) -> (__m256i, i32) {
     (pack_i8(q[0], q[1], q[2], q[3]), _mm_cvtsi128_si32(s))
 }
 
-/// `(d, 1/d)` with `d = amax / 127`, as the scalar `q8_scale`.
+/// `(amax / 127, 127 / amax)`, as the scalar `q8_scale_act` (ggml's x86 activation scale).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_scale(x: &[f32; 32]) -> (f32, f32) {
@@ -438,8 +430,8 @@ unsafe fn q8_scale(x: &[f32; 32]) -> (f32, f32) {
             abs_ps(load8f(x[8 * k..8 * k + 8].try_into().expect("8 floats"))),
         );
     }
-    let d = hmax_ps(m) / 127.0;
-    (d, if d != 0.0 { 1.0 / d } else { 0.0 })
+    let amax = hmax_ps(m);
+    (amax / 127.0, if amax != 0.0 { 127.0 / amax } else { 0.0 })
 }
 
 /// # Safety

@@ -1,0 +1,208 @@
+//! End-to-end correctness on real models against llama.cpp's outputs (committed reference data
+//! made by `bench/llamacpp/make_reference.py` with llama-cpp-python 0.3.36).
+
+use dino_engine::{
+    generate, perplexity, Engine, EngineOptions, GenerateParams, PerplexityOptions, SamplerConfig,
+};
+use serde_json::Value;
+use std::ops::ControlFlow;
+use std::path::Path;
+
+fn load(path: &Path) -> Engine {
+    Engine::load(
+        path,
+        &EngineOptions {
+            threads: 2,
+            warm_up: false,
+        },
+    )
+    .expect("model loads")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn reference(name: &str) -> Value {
+    let p = dino_testutil::reference_dir().join(name);
+    let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&s).unwrap()
+}
+
+/// Greedy continuation of every reference prompt must equal llama.cpp's, token for token.
+fn check_greedy(engine: &Engine, refs: &Value) {
+    let mut failures = Vec::new();
+    for p in refs["prompts"].as_array().unwrap() {
+        let prompt = p["prompt"].as_str().unwrap();
+        let want_prompt = ids(&p["prompt_ids"]);
+        let got_prompt = engine.tokenizer.encode(prompt, true, false).unwrap();
+        assert_eq!(got_prompt, want_prompt, "prompt tokens of {prompt:?}");
+        let want = ids(&p["generated_ids"]);
+        let stop_at_eog = p["stop_reason"].as_str() == Some("eog");
+        let mut kv = engine.new_kv(1024).unwrap();
+        let params = GenerateParams {
+            max_tokens: want.len(),
+            sampler: SamplerConfig::greedy(),
+            n_batch: 512,
+            stop_at_eog,
+        };
+        let stats = generate(engine, &mut kv, &got_prompt, &params, |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        if stats.tokens != want {
+            let same = stats
+                .tokens
+                .iter()
+                .zip(&want)
+                .take_while(|(a, b)| a == b)
+                .count();
+            failures.push(format!(
+                "{prompt:?}: first {same} of {} tokens match\n  dino:      {:?}\n  llama.cpp: {:?}",
+                want.len(),
+                stats.tokens,
+                want
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "greedy mismatches:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn stories260k_greedy_200_tokens_match_reference_text() {
+    let Some(path) = dino_testutil::stories260k() else {
+        return;
+    };
+    let engine = load(&path);
+    let want =
+        std::fs::read_to_string(path.with_file_name("stories260K.greedy-once-upon-a-time.txt"))
+            .unwrap();
+    let prompt = engine
+        .tokenizer
+        .encode("Once upon a time", true, false)
+        .unwrap();
+    let mut kv = engine.new_kv(512).unwrap();
+    let mut text = String::from("Once upon a time");
+    let params = GenerateParams {
+        max_tokens: 200 - prompt.len() + 1,
+        sampler: SamplerConfig::greedy(),
+        n_batch: 512,
+        stop_at_eog: false,
+    };
+    generate(&engine, &mut kv, &prompt, &params, |_, t| {
+        text.push_str(t);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let want = want.trim_end();
+    assert!(
+        text.starts_with(want) || want.starts_with(text.trim_end()),
+        "dino:\n{text}\nreference:\n{want}"
+    );
+    assert!(text.len() + 8 >= want.len(), "too short:\n{text}");
+    // And token for token against llama.cpp.
+    check_greedy(&engine, &reference("stories260K.greedy.json"));
+}
+
+#[test]
+fn smollm2_greedy_matches_llama_cpp() {
+    let engine = load(&dino_testutil::model("smollm2"));
+    check_greedy(
+        &engine,
+        &reference("SmolLM2-135M-Instruct.Q4_1.greedy.json"),
+    );
+}
+
+#[test]
+fn qwen05_greedy_matches_llama_cpp() {
+    let engine = load(&dino_testutil::model("qwen05"));
+    check_greedy(
+        &engine,
+        &reference("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.greedy.json"),
+    );
+}
+
+/// The first chunks of hamlet.txt at ctx 512 score within 0.5 % of llama-perplexity's figure.
+#[test]
+fn perplexity_first_chunks_match_llama_cpp() {
+    let refs = reference("perplexity.json");
+    let text = std::fs::read_to_string(dino_testutil::hamlet()).unwrap();
+    for (name, file) in [
+        ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ("qwen05", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"),
+    ] {
+        let r = refs["models"][file]["chunks4"].clone();
+        let want = r["ppl"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no 4-chunk reference for {file}: {r}"));
+        let engine = load(&dino_testutil::model(name));
+        let got = perplexity(
+            &engine,
+            &text,
+            &PerplexityOptions {
+                n_ctx: 512,
+                max_chunks: Some(4),
+                n_batch: 512,
+            },
+            |_, _, _| {},
+        )
+        .unwrap();
+        let rel = (got.ppl - want).abs() / want;
+        eprintln!(
+            "{file}: dino PPL {:.4} +/- {:.4}, llama.cpp {want:.4}, diff {:.3}%",
+            got.ppl,
+            got.ppl_err,
+            rel * 100.0
+        );
+        assert!(rel < 0.005, "{file}: PPL {} vs llama.cpp {want}", got.ppl);
+    }
+}
+
+#[test]
+fn same_seed_same_text_and_long_prompt_is_an_error() {
+    let engine = load(&dino_testutil::model("smollm2"));
+    let prompt = engine
+        .tokenizer
+        .encode("The weather today is", true, false)
+        .unwrap();
+    let run = |seed| {
+        let mut kv = engine.new_kv(256).unwrap();
+        let params = GenerateParams {
+            max_tokens: 24,
+            sampler: SamplerConfig {
+                temperature: 1.0,
+                seed,
+                ..Default::default()
+            },
+            n_batch: 512,
+            stop_at_eog: false,
+        };
+        generate(&engine, &mut kv, &prompt, &params, |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .tokens
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8));
+
+    let mut kv = engine.new_kv(16).unwrap();
+    let long: Vec<u32> = std::iter::repeat_n(prompt[1], 40).collect();
+    let err = generate(
+        &engine,
+        &mut kv,
+        &long,
+        &GenerateParams::default(),
+        |_, _| ControlFlow::Continue(()),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("context"), "{err}");
+}

@@ -1,0 +1,381 @@
+//! The standard pre-norm decoder stack shared by Llama-shaped families:
+//!
+//! ```text
+//! x = embed(tokens)
+//! per layer: x += Wo · attn(rope(Wq·n(x)+bq), rope(Wk·n(x)+bk), Wv·n(x)+bv)
+//!            x += Wdown · (silu(Wgate·n(x)) ⊙ Wup·n(x))
+//! logits = Wout · n(x)
+//! ```
+//!
+//! Families differ only in options (RoPE style, biases) or keep their quirks in their own file.
+
+use super::weights::{TensorLoader, Weight};
+use crate::{Batch, HParams, KvCache, KvShape, LoadOptions, Logits, Model, ModelInfo};
+use dino_core::{Error, Result};
+use dino_formats::gguf::GgufFile;
+use dino_kernels::matmul::{self, MatmulScratch};
+use dino_kernels::ops::{self, AttnShape, RopeParams, RopeStyle};
+use dino_kernels::pool::{SharedMut, ThreadPool};
+use std::sync::{Arc, Mutex};
+
+/// Family-specific switches.
+pub struct DecoderOptions {
+    pub arch: &'static str,
+    pub rope_style: RopeStyle,
+    /// Q/K/V biases must be present (qwen2); otherwise they are used when present.
+    pub qkv_bias_required: bool,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    wo: Weight,
+    ffn_norm: Vec<f32>,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
+}
+
+/// Buffers for one forward pass, grown to the largest batch seen and then reused.
+#[derive(Default)]
+struct Workspace {
+    cap: usize,
+    x: Vec<f32>,     // [n, n_embd]
+    xn: Vec<f32>,    // [n, n_embd]
+    q: Vec<f32>,     // [n, n_head * head_dim]
+    k: Vec<f32>,     // [n, n_head_kv * head_dim]
+    v: Vec<f32>,     // [n, n_head_kv * head_dim]
+    att: Vec<f32>,   // [n, n_head * head_dim]
+    o: Vec<f32>,     // [n, n_embd]
+    gate: Vec<f32>,  // [n, n_ff]
+    up: Vec<f32>,    // [n, n_ff]
+    out_x: Vec<f32>, // [n_out, n_embd]
+    rope: Vec<f32>,  // [rope_dims]
+    mm: MatmulScratch,
+}
+
+impl Workspace {
+    fn ensure(&mut self, n: usize, hp: &HParams) {
+        if n <= self.cap {
+            return;
+        }
+        let r = |v: &mut Vec<f32>, len: usize| v.resize(len, 0.0);
+        r(&mut self.x, n * hp.n_embd);
+        r(&mut self.xn, n * hp.n_embd);
+        r(&mut self.q, n * hp.n_q_dim());
+        r(&mut self.k, n * hp.n_kv_dim());
+        r(&mut self.v, n * hp.n_kv_dim());
+        r(&mut self.att, n * hp.n_q_dim());
+        r(&mut self.o, n * hp.n_embd);
+        r(&mut self.gate, n * hp.n_ff);
+        r(&mut self.up, n * hp.n_ff);
+        r(&mut self.out_x, n * hp.n_embd);
+        r(&mut self.rope, hp.rope_dims);
+        self.mm.reserve(n, hp.n_ff.max(hp.n_embd).max(hp.n_q_dim()));
+        self.cap = n;
+    }
+}
+
+pub struct Decoder {
+    info: ModelInfo,
+    hp: HParams,
+    rope: RopeParams,
+    tok_embd: Weight,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    /// `output.weight`, or the token embedding when tied.
+    output: Weight,
+    pool: Arc<ThreadPool>,
+    ws: Mutex<Workspace>,
+}
+
+impl Decoder {
+    pub fn load(
+        file: Arc<GgufFile>,
+        hp: HParams,
+        opt: &DecoderOptions,
+        lo: &LoadOptions,
+    ) -> Result<Decoder> {
+        let t = TensorLoader::new(file.clone());
+        let (e, q, kv, ff) = (hp.n_embd, hp.n_q_dim(), hp.n_kv_dim(), hp.n_ff);
+        let tok_embd = t.matrix("token_embd.weight", e, hp.n_vocab)?;
+        let output = if t.has("output.weight") {
+            t.matrix("output.weight", e, hp.n_vocab)?
+        } else {
+            t.matrix("token_embd.weight", e, hp.n_vocab)?
+        };
+        let mut layers = Vec::with_capacity(hp.n_layer);
+        for il in 0..hp.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}");
+            let bias = |s: &str, len: usize| -> Result<Option<Vec<f32>>> {
+                if opt.qkv_bias_required {
+                    t.vector(&n(s), len).map(Some)
+                } else {
+                    t.opt_vector(&n(s), len)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: t.vector(&n("attn_norm.weight"), e)?,
+                wq: t.matrix(&n("attn_q.weight"), e, q)?,
+                wk: t.matrix(&n("attn_k.weight"), e, kv)?,
+                wv: t.matrix(&n("attn_v.weight"), e, kv)?,
+                bq: bias("attn_q.bias", q)?,
+                bk: bias("attn_k.bias", kv)?,
+                bv: bias("attn_v.bias", kv)?,
+                wo: t.matrix(&n("attn_output.weight"), q, e)?,
+                ffn_norm: t.vector(&n("ffn_norm.weight"), e)?,
+                w_gate: t.matrix(&n("ffn_gate.weight"), e, ff)?,
+                w_up: t.matrix(&n("ffn_up.weight"), e, ff)?,
+                w_down: t.matrix(&n("ffn_down.weight"), ff, e)?,
+            });
+        }
+        let out_norm = t.vector("output_norm.weight", e)?;
+        let freq_factors = t.opt_vector("rope_freqs.weight", hp.rope_dims / 2)?;
+        let rope = RopeParams {
+            style: opt.rope_style,
+            n_dims: hp.rope_dims,
+            freq_base: hp.rope_freq_base,
+            freq_scale: hp.rope_freq_scale,
+            freq_factors,
+            attn_factor: 1.0,
+        };
+        let weight_bytes = layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .chain([&output])
+            .map(|w| w.bytes().len() as u64)
+            .sum();
+        let info = ModelInfo {
+            arch: opt.arch.to_string(),
+            name: file
+                .metadata()
+                .opt_str("general.name")?
+                .map(|s| s.to_string()),
+            hparams: hp.clone(),
+            weight_bytes,
+        };
+        Ok(Decoder {
+            info,
+            hp,
+            rope,
+            tok_embd,
+            layers,
+            out_norm,
+            output,
+            pool: lo.pool.clone(),
+            ws: Mutex::new(Workspace::default()),
+        })
+    }
+
+    fn check_batch(&self, batch: &Batch, kv: &KvCache) -> Result<()> {
+        let n = batch.len();
+        if batch.pos.len() != n || batch.seq.len() != n || batch.want_logits.len() != n {
+            return Err(Error::invalid(
+                "batch: tokens, pos, seq and want_logits differ in length",
+            ));
+        }
+        if kv.shape() != self.kv_shape() {
+            return Err(Error::invalid("KV cache shape does not match the model"));
+        }
+        for i in 0..n {
+            if batch.tokens[i] as usize >= self.hp.n_vocab {
+                return Err(Error::invalid(format!(
+                    "token id {} is out of range (vocabulary has {})",
+                    batch.tokens[i], self.hp.n_vocab
+                )));
+            }
+            if batch.pos[i] as usize >= kv.n_ctx() {
+                return Err(Error::invalid(format!(
+                    "position {} exceeds the context size {}",
+                    batch.pos[i],
+                    kv.n_ctx()
+                )));
+            }
+            if batch.seq[i] as usize >= kv.n_seq() {
+                return Err(Error::invalid(format!(
+                    "sequence {} exceeds the KV cache's {} sequences",
+                    batch.seq[i],
+                    kv.n_seq()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `out[t] = rmsnorm(x[t]) * w` for every row.
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        ops::rmsnorm(xr, w, eps, or);
+    }
+}
+
+fn add_bias(rows: &mut [f32], bias: &Option<Vec<f32>>) {
+    if let Some(b) = bias {
+        for r in rows.chunks_exact_mut(b.len()) {
+            ops::add_assign(r, b);
+        }
+    }
+}
+
+impl Model for Decoder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn kv_shape(&self) -> KvShape {
+        KvShape {
+            n_layer: self.hp.n_layer,
+            n_kv_dim: self.hp.n_kv_dim(),
+        }
+    }
+
+    fn warm_up(&self) {
+        // Read one byte per page of every tensor the forward pass uses.
+        let mut acc = 0u8;
+        let mut touch = |w: &Weight| {
+            for b in w.bytes().iter().step_by(4096) {
+                acc = acc.wrapping_add(*b);
+            }
+        };
+        touch(&self.tok_embd);
+        touch(&self.output);
+        for l in &self.layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                touch(w);
+            }
+        }
+        std::hint::black_box(acc);
+    }
+
+    fn forward(&self, batch: &Batch, kv: &mut KvCache, out: &mut Logits) -> Result<()> {
+        self.check_batch(batch, kv)?;
+        let n = batch.len();
+        let hp = &self.hp;
+        let (e, qd, kvd, ff, hd) = (hp.n_embd, hp.n_q_dim(), hp.n_kv_dim(), hp.n_ff, hp.head_dim);
+        let pool = &*self.pool;
+        let mut guard = self.ws.lock().unwrap_or_else(|p| p.into_inner());
+        let ws = &mut *guard;
+        ws.ensure(n, hp);
+        let x = &mut ws.x[..n * e];
+        let xn = &mut ws.xn[..n * e];
+        let q = &mut ws.q[..n * qd];
+        let k = &mut ws.k[..n * kvd];
+        let v = &mut ws.v[..n * kvd];
+        let att = &mut ws.att[..n * qd];
+        let o = &mut ws.o[..n * e];
+        let gate = &mut ws.gate[..n * ff];
+        let up = &mut ws.up[..n * ff];
+
+        // Embedding lookup.
+        let emb = self.tok_embd.matrix();
+        for (t, &tok) in batch.tokens.iter().enumerate() {
+            matmul::dequantize_row(&emb, tok as usize, &mut x[t * e..(t + 1) * e]);
+        }
+
+        let shape = AttnShape {
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let group = hp.n_head / hp.n_head_kv;
+
+        for (il, l) in self.layers.iter().enumerate() {
+            // Attention.
+            norm_rows(x, &l.attn_norm, hp.rms_eps, xn);
+            matmul::matmul(pool, &l.wq.matrix(), xn, n, q, &mut ws.mm);
+            matmul::matmul(pool, &l.wk.matrix(), xn, n, k, &mut ws.mm);
+            matmul::matmul(pool, &l.wv.matrix(), xn, n, v, &mut ws.mm);
+            add_bias(q, &l.bq);
+            add_bias(k, &l.bk);
+            add_bias(v, &l.bv);
+            for t in 0..n {
+                self.rope.cache(batch.pos[t] as i64, &mut ws.rope);
+                self.rope.apply(&mut q[t * qd..(t + 1) * qd], hd, &ws.rope);
+                self.rope
+                    .apply(&mut k[t * kvd..(t + 1) * kvd], hd, &ws.rope);
+                kv.store(
+                    il,
+                    batch.seq[t] as usize,
+                    batch.pos[t] as usize,
+                    &k[t * kvd..(t + 1) * kvd],
+                    &v[t * kvd..(t + 1) * kvd],
+                );
+            }
+            {
+                let kv = &*kv;
+                let q = &*q;
+                let pa = SharedMut::new(att);
+                // Like llama.cpp's CPU flash attention: batches under 64 query tokens take
+                // its f16 one-chunk path, larger ones its f32 tiled path.
+                let attend = if n < 64 {
+                    ops::attend_head_decode
+                } else {
+                    ops::attend_head
+                };
+                // One work item per (token, head).
+                pool.for_chunks(n * hp.n_head, 1, &|items| {
+                    for item in items {
+                        let (t, h) = (item / hp.n_head, item % hp.n_head);
+                        let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
+                        // SAFETY: each (token, head) output slice is written by one item only.
+                        let dst = unsafe { pa.slice(t * qd + h * hd, hd) };
+                        attend(
+                            &q[t * qd + h * hd..t * qd + (h + 1) * hd],
+                            kc,
+                            vc,
+                            batch.pos[t] as usize + 1,
+                            h / group,
+                            &shape,
+                            dst,
+                        );
+                    }
+                });
+            }
+            matmul::matmul(pool, &l.wo.matrix(), att, n, o, &mut ws.mm);
+            ops::add_assign(x, o);
+
+            // Feed-forward.
+            norm_rows(x, &l.ffn_norm, hp.rms_eps, xn);
+            matmul::matmul(pool, &l.w_gate.matrix(), xn, n, gate, &mut ws.mm);
+            matmul::matmul(pool, &l.w_up.matrix(), xn, n, up, &mut ws.mm);
+            ops::swiglu(gate, up);
+            matmul::matmul(pool, &l.w_down.matrix(), gate, n, o, &mut ws.mm);
+            ops::add_assign(x, o);
+        }
+
+        // Output head, only for the tokens that want logits.
+        let rows: Vec<usize> = (0..n).filter(|&t| batch.want_logits[t]).collect();
+        let n_out = rows.len();
+        let out_x = &mut ws.out_x[..n_out * e];
+        for (i, &t) in rows.iter().enumerate() {
+            ops::rmsnorm(
+                &x[t * e..(t + 1) * e],
+                &self.out_norm,
+                hp.rms_eps,
+                &mut out_x[i * e..(i + 1) * e],
+            );
+        }
+        out.n_vocab = hp.n_vocab;
+        out.data.resize(n_out * hp.n_vocab, 0.0);
+        out.batch_index = rows;
+        if n_out > 0 {
+            matmul::matmul(
+                pool,
+                &self.output.matrix(),
+                out_x,
+                n_out,
+                &mut out.data,
+                &mut ws.mm,
+            );
+        }
+        Ok(())
+    }
+}

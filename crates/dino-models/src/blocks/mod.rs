@@ -1,0 +1,4 @@
+//! Pieces shared by the architectures.
+
+pub mod decoder;
+pub mod weights;

@@ -1,0 +1,106 @@
+//! Weight tensors borrowed from the mmap'd file, checked for shape and type at load.
+
+use dino_core::{Error, GgmlType, Result};
+use dino_formats::gguf::{GgufFile, TensorInfo};
+use dino_kernels::matmul::QMatrix;
+use dino_kernels::quant;
+use std::sync::Arc;
+
+/// A 2-D weight matrix living in the file: `n_out` rows of `n_in` elements.
+pub struct Weight {
+    file: Arc<GgufFile>,
+    info: TensorInfo,
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
+impl Weight {
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+    pub fn ty(&self) -> GgmlType {
+        self.info.ty
+    }
+    pub fn bytes(&self) -> &[u8] {
+        self.file.tensor_data(&self.info)
+    }
+    pub fn matrix(&self) -> QMatrix<'_> {
+        QMatrix {
+            data: self.bytes(),
+            ty: self.info.ty,
+            n_in: self.n_in,
+            n_out: self.n_out,
+        }
+    }
+}
+
+/// Looks tensors up by their GGUF names and checks them against the expected shapes.
+pub struct TensorLoader {
+    pub file: Arc<GgufFile>,
+}
+
+impl TensorLoader {
+    pub fn new(file: Arc<GgufFile>) -> Self {
+        TensorLoader { file }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.file.tensor_info(name).is_some()
+    }
+
+    fn info(&self, name: &str, dims: &[usize]) -> Result<TensorInfo> {
+        let info = self
+            .file
+            .tensor_info(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        // Trailing 1-dims are equivalent in ggml.
+        let mut found = info.dims.clone();
+        while found.len() > want.len() && found.last() == Some(&1) {
+            found.pop();
+        }
+        if found != want {
+            return Err(Error::Shape {
+                tensor: name.to_string(),
+                expected: want,
+                found: info.dims.clone(),
+            });
+        }
+        if !quant::is_supported(info.ty) {
+            return Err(Error::UnsupportedType {
+                tensor: name.to_string(),
+                ty: info.ty.to_string(),
+            });
+        }
+        Ok(info.clone())
+    }
+
+    /// A matrix of `n_out` rows of `n_in` (GGUF dims `[n_in, n_out]`).
+    pub fn matrix(&self, name: &str, n_in: usize, n_out: usize) -> Result<Weight> {
+        let info = self.info(name, &[n_in, n_out])?;
+        QMatrix::new(name, self.file.tensor_data(&info), info.ty, n_in, n_out)?;
+        Ok(Weight {
+            file: self.file.clone(),
+            info,
+            n_in,
+            n_out,
+        })
+    }
+
+    /// A vector (norm weight, bias) dequantized to f32.
+    pub fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        let info = self.info(name, &[n])?;
+        let mut out = vec![0f32; n];
+        quant::dequantize_row(info.ty, self.file.tensor_data(&info), &mut out)
+            .map_err(|e| Error::format(format!("tensor '{name}'"), e))?;
+        Ok(out)
+    }
+
+    pub fn opt_vector(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
+        if self.has(name) {
+            self.vector(name, n).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}

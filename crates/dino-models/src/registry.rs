@@ -1,0 +1,35 @@
+//! Architecture registry: `general.architecture` → loader. Adding a family is one line here.
+
+use crate::{arch, Model};
+use dino_core::{Error, Result};
+use dino_formats::gguf::GgufFile;
+use dino_kernels::pool::ThreadPool;
+use std::sync::Arc;
+
+/// What a loader needs besides the file.
+#[derive(Clone)]
+pub struct LoadOptions {
+    pub pool: Arc<ThreadPool>,
+}
+
+type Loader = fn(Arc<GgufFile>, &LoadOptions) -> Result<Box<dyn Model>>;
+
+const REGISTRY: &[(&str, Loader)] = &[("llama", arch::llama::load), ("qwen2", arch::qwen2::load)];
+
+/// Names of the architectures Dino can run.
+pub fn supported_architectures() -> Vec<&'static str> {
+    REGISTRY.iter().map(|(n, _)| *n).collect()
+}
+
+/// Build the model a GGUF file describes.
+pub fn load(file: Arc<GgufFile>, opts: &LoadOptions) -> Result<Box<dyn Model>> {
+    let arch = file.metadata().architecture()?.to_string();
+    match REGISTRY.iter().find(|(n, _)| *n == arch) {
+        Some((_, loader)) => loader(file, opts),
+        None => Err(Error::Unsupported(format!(
+            "{}: architecture '{arch}' is not supported (supported: {})",
+            file.path().display(),
+            supported_architectures().join(", ")
+        ))),
+    }
+}
