@@ -52,12 +52,20 @@ CANDIDATES = {
         "The river wound slowly through the quiet valley, past farms and",
         "Once the snow had melted, the children ran outside to",
         "The history of the printing press begins in the fifteenth century, when",
+        "It was the best of times, it was the worst of times, it was the age of wisdom,",
+        "Four score and seven years ago our fathers brought forth on this continent",
+        "To be, or not to be, that is the question:",
+        "The quick brown fox jumps over the lazy dog. The quick brown fox",
     ],
     "code": [
         "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
         "fn main() {\n    let v: Vec<i32> = (1..=10).collect();\n",
         "#include <stdio.h>\n\nint main(void) {\n",
         "# Sort a list of numbers in Python\nnumbers = [5, 3, 8, 1]\n",
+        "import numpy as np\nimport pandas as pd\nimport",
+        "for i in range(10):\n    print(i)\n\nfor j in range(10):\n",
+        "public static void main(String[] args) {\n",
+        "<html>\n<head>\n<title>",
     ],
     "question": [
         "Question: What is the capital of France?\nAnswer:",
@@ -70,6 +78,8 @@ CANDIDATES = {
         "Question: Which planet is known as the Red Planet?\nAnswer:",
         "Q: Who wrote Romeo and Juliet?\nA:",
         "What is the difference between a list and a tuple in Python?",
+        "Q: What is 2 + 2?\nA: 4\nQ: What is 3 + 3?\nA:",
+        "Q: What color is grass?\nA: Green.\nQ: What color is snow?\nA:",
     ],
     "list": [
         "Three primary colors:\n1. Red\n2.",
@@ -79,12 +89,18 @@ CANDIDATES = {
         "The planets of the solar system, in order from the Sun: Mercury, Venus,",
         "Ingredients for pancakes:\n- 2 cups of flour\n-",
         "Top 3 reasons to learn Python:\n1.",
+        "1, 2, 3, 4, 5, 6, 7, 8,",
+        "January, February, March, April,",
+        "A, B, C, D, E, F,",
     ],
     "numbers_unicode": [
         "Prices: 3 × 4.50 € = 13.50 €; naïve café — 25% off!",
         "π ≈ 3.14159, e ≈ 2.71828, and √2 ≈",
         "Temperature in Zürich: 21.5 °C (70.7 °F) at 14:30 — “sunny” ☀",
         "Le café coûte 2,50 € — ¿cuánto cuesta el té? 日本語も少し。",
+        "1 + 1 = 2\n2 + 2 = 4\n3 + 3 = 6\n4 + 4 =",
+        "α, β, γ, δ, ε,",
+        "Ça va? Très bien, merci. Et toi? — 10 × 10 = 100;",
     ],
 }
 

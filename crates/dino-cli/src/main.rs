@@ -364,6 +364,8 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
 fn cmd_ppl(a: PplArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
+    // As llama.cpp's `-f`: one trailing newline is dropped.
+    let text = text.strip_suffix('\n').unwrap_or(&text);
     let engine = load_engine(&a.model)?;
     let n_ctx = a.model.ctx_size.unwrap_or(512);
     let opts = PerplexityOptions {
@@ -373,7 +375,7 @@ fn cmd_ppl(a: PplArgs) -> Result<()> {
     };
     eprintln!("perplexity: n_ctx = {n_ctx}, scoring the second half of each chunk");
     let mut err = std::io::stderr();
-    let r = perplexity(&engine, &text, &opts, |i, n, running| {
+    let r = perplexity(&engine, text, &opts, |i, n, running| {
         let _ = write!(err, "[{}]{:.4},", i + 1, running);
         if i + 1 == n {
             let _ = writeln!(err);

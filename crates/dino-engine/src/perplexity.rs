@@ -72,9 +72,6 @@ pub fn perplexity(
     let n_batch = opts.n_batch.clamp(1, n_ctx);
     let mut kv = engine.new_kv(n_ctx)?;
     let mut logits = Logits::default();
-    let n_vocab = engine.model.info().hparams.n_vocab;
-    // [n_ctx - first, n_vocab]: logits of the scored half of the chunk.
-    let mut scored = vec![0f32; (n_ctx - first) * n_vocab];
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let mut per_chunk = Vec::with_capacity(n_chunks);
     for c in 0..n_chunks {
@@ -93,20 +90,18 @@ pub fn perplexity(
                 *w = p0 + i >= first;
             }
             engine.model.forward(&batch, &mut kv, &mut logits)?;
+            // Positions first .. n_ctx-2 predict tokens first+1 .. n_ctx-1 (the original
+            // tokens, not the BOS that replaced the first one).
             for (row, &bidx) in logits.batch_index.iter().enumerate() {
                 let p = p0 + bidx;
-                scored[(p - first) * n_vocab..(p - first + 1) * n_vocab]
-                    .copy_from_slice(logits.row(row));
+                if p + 1 >= n_ctx {
+                    continue;
+                }
+                let v = -log_softmax_at(logits.row(row), tokens[start + p + 1] as usize);
+                nll += v;
+                nll2 += v * v;
+                count += 1;
             }
-        }
-        // Positions first .. n_ctx-2 predict tokens first+1 .. n_ctx-1 (the original tokens).
-        for p in first..n_ctx - 1 {
-            let target = tokens[start + p + 1] as usize;
-            let row = &scored[(p - first) * n_vocab..(p - first + 1) * n_vocab];
-            let v = -log_softmax_at(row, target);
-            nll += v;
-            nll2 += v * v;
-            count += 1;
         }
         let running = (nll / count as f64).exp();
         per_chunk.push(running);

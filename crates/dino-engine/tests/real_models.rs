@@ -33,8 +33,19 @@ fn reference(name: &str) -> Value {
     serde_json::from_str(&s).unwrap()
 }
 
-/// Greedy continuation of every reference prompt must equal llama.cpp's, token for token.
-fn check_greedy(engine: &Engine, refs: &Value) {
+/// How strictly a model's greedy output must follow llama.cpp's.
+struct Policy {
+    /// Every token must match up to the first step where llama.cpp's own top-1/top-2 margin
+    /// is below this (0 = all tokens must match). Beyond such a near-tie, float summation order
+    /// alone can flip the choice: on SmolLM2-135M, Dino's scalar and AVX2 kernels (which differ
+    /// only in summation order) already differ by up to 0.4 in the logits.
+    near_tie: f32,
+    /// Largest allowed |Dino − llama.cpp| over llama.cpp's top-20 logits of the first step.
+    max_logit_diff: f32,
+}
+
+/// Greedy continuation of every reference prompt against llama.cpp's, token for token.
+fn check_greedy(engine: &Engine, refs: &Value, policy: &Policy) {
     let mut failures = Vec::new();
     for p in refs["prompts"].as_array().unwrap() {
         let prompt = p["prompt"].as_str().unwrap();
@@ -44,26 +55,63 @@ fn check_greedy(engine: &Engine, refs: &Value) {
         let want = ids(&p["generated_ids"]);
         let stop_at_eog = p["stop_reason"].as_str() == Some("eog");
         let mut kv = engine.new_kv(1024).unwrap();
+        // First-step logits against llama.cpp's top 20.
+        let mut logits = dino_engine::Logits::default();
+        engine
+            .model
+            .forward(
+                &dino_engine::Batch::from_tokens(&got_prompt, 0, 0, false),
+                &mut kv,
+                &mut logits,
+            )
+            .unwrap();
+        let mut max_diff = 0f32;
+        for e in p["first_step_top20"].as_array().unwrap() {
+            let (id, v) = (
+                e[0].as_u64().unwrap() as usize,
+                e[1].as_f64().unwrap() as f32,
+            );
+            max_diff = max_diff.max((logits.last()[id] - v).abs());
+        }
         let params = GenerateParams {
             max_tokens: want.len(),
             sampler: SamplerConfig::greedy(),
             n_batch: 512,
             stop_at_eog,
         };
+        let mut kv = engine.new_kv(1024).unwrap();
         let stats = generate(engine, &mut kv, &got_prompt, &params, |_, _| {
             ControlFlow::Continue(())
         })
         .unwrap();
-        if stats.tokens != want {
-            let same = stats
-                .tokens
+        let same = stats
+            .tokens
+            .iter()
+            .zip(&want)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let margins: Vec<f32> = p["margins"]
+            .as_array()
+            .map(|m| m.iter().map(|x| x.as_f64().unwrap() as f32).collect())
+            .unwrap_or_default();
+        // Steps that must match: up to and including the first near-tie step.
+        let must = if policy.near_tie > 0.0 {
+            margins
                 .iter()
-                .zip(&want)
-                .take_while(|(a, b)| a == b)
-                .count();
+                .position(|&m| m < policy.near_tie)
+                .unwrap_or(want.len())
+        } else {
+            want.len()
+        };
+        eprintln!(
+            "{prompt:?}: {same}/{} tokens equal to llama.cpp (required {must}), first-step logit diff {max_diff:.3}",
+            want.len()
+        );
+        if same < must || max_diff > policy.max_logit_diff {
             failures.push(format!(
-                "{prompt:?}: first {same} of {} tokens match\n  dino:      {:?}\n  llama.cpp: {:?}",
+                "{prompt:?}: first {same} of {} tokens match (required {must}); logit diff {max_diff:.3} (max {})\n  dino:      {:?}\n  llama.cpp: {:?}",
                 want.len(),
+                policy.max_logit_diff,
                 stats.tokens,
                 want
             ));
@@ -75,6 +123,11 @@ fn check_greedy(engine: &Engine, refs: &Value) {
         failures.join("\n")
     );
 }
+
+const EXACT: Policy = Policy {
+    near_tie: 0.0,
+    max_logit_diff: 0.3,
+};
 
 #[test]
 fn stories260k_greedy_200_tokens_match_reference_text() {
@@ -109,7 +162,7 @@ fn stories260k_greedy_200_tokens_match_reference_text() {
     );
     assert!(text.len() + 8 >= want.len(), "too short:\n{text}");
     // And token for token against llama.cpp.
-    check_greedy(&engine, &reference("stories260K.greedy.json"));
+    check_greedy(&engine, &reference("stories260K.greedy.json"), &EXACT);
 }
 
 #[test]
@@ -118,6 +171,13 @@ fn smollm2_greedy_matches_llama_cpp() {
     check_greedy(
         &engine,
         &reference("SmolLM2-135M-Instruct.Q4_1.greedy.json"),
+        // SmolLM2-135M's residual stream reaches |x| ≈ 700, so one flipped 8-bit rounding moves
+        // its logits by tenths: exact only up to the first step llama.cpp itself decides by
+        // less than 0.5.
+        &Policy {
+            near_tie: 0.5,
+            max_logit_diff: 0.75,
+        },
     );
 }
 
@@ -127,6 +187,7 @@ fn qwen05_greedy_matches_llama_cpp() {
     check_greedy(
         &engine,
         &reference("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.greedy.json"),
+        &EXACT,
     );
 }
 
@@ -135,18 +196,20 @@ fn qwen05_greedy_matches_llama_cpp() {
 fn perplexity_first_chunks_match_llama_cpp() {
     let refs = reference("perplexity.json");
     let text = std::fs::read_to_string(dino_testutil::hamlet()).unwrap();
+    // llama-perplexity's -f drops one trailing newline.
+    let text = text.strip_suffix('\n').unwrap_or(&text);
     for (name, file) in [
-        ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-        ("qwen05", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"),
+        ("smollm2", "SmolLM2-135M-Instruct.Q4_1"),
+        ("qwen05", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M"),
     ] {
         let r = refs["models"][file]["chunks4"].clone();
-        let want = r["ppl"]
+        let want = r["ppl_f64"]
             .as_f64()
             .unwrap_or_else(|| panic!("no 4-chunk reference for {file}: {r}"));
         let engine = load(&dino_testutil::model(name));
         let got = perplexity(
             &engine,
-            &text,
+            text,
             &PerplexityOptions {
                 n_ctx: 512,
                 max_chunks: Some(4),

@@ -81,10 +81,33 @@ impl RopeParams {
     }
 }
 
-/// ggml's SiLU: `x / (1 + e^-x)`.
+/// `e^x` as ggml's vectorized `ggml_v_expf` computes it (a degree-5 polynomial after range
+/// reduction by ln 2, accurate to about 1.5 ulp). llama.cpp's SwiGLU uses it, so matching it
+/// bit for bit keeps activations, and the 8-bit roundings after them, identical.
+#[inline]
+pub fn ggml_expf(x: f32) -> f32 {
+    let c = f32::from_bits;
+    let r = c(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(c(0x3fb8_aa3b), r); // x / ln 2, rounded to an integer via the magic
+    let n = z - r;
+    // b = x - n·ln2, with ln2 split in two parts (fnmadd(a, b, c) = c - a·b).
+    let b = (-n).mul_add(c(0x35bf_be8e), (-n).mul_add(c(0x3f31_7200), x));
+    let u = b * b;
+    let j = c(0x3c07_2010)
+        .mul_add(b, c(0x3d2b_9f17))
+        .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
+        .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // scalef(j, n) = j · 2^n, exact in f64 then rounded once.
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// ggml's vectorized SiLU: `x / (1 + e^-x)` with [`ggml_expf`].
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + ggml_expf(-x))
 }
 
 /// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]`.
@@ -226,7 +249,8 @@ pub fn attend_head_decode(
 /// `log softmax(logits)[target]`, computed in f64 as llama.cpp's perplexity tool does.
 pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    // As llama-perplexity: expf in float, summed in double.
+    let sum: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
     (logits[target] - max) as f64 - sum.ln()
 }
 
@@ -334,9 +358,23 @@ mod tests {
     }
 
     #[test]
+    fn ggml_expf_is_close_to_exp_and_handles_extremes() {
+        let mut x = -100.0f32;
+        while x < 88.0 {
+            let (a, b) = (ggml_expf(x), x.exp());
+            assert!(((a - b) / b).abs() < 4e-7, "{x}: {a} vs {b}");
+            x += 0.37;
+        }
+        assert_eq!(ggml_expf(-300.0), 0.0);
+        assert_eq!(ggml_expf(300.0), f32::INFINITY);
+        assert_eq!(ggml_expf(0.0), 1.0);
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+    }
+
+    #[test]
     fn log_softmax_is_normalized() {
         let l = [1.0f32, 2.0, 3.0, -100.0];
         let total: f64 = (0..4).map(|i| log_softmax_at(&l, i).exp()).sum();
-        assert!((total - 1.0).abs() < 1e-12);
+        assert!((total - 1.0).abs() < 1e-6);
     }
 }

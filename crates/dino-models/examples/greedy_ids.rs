@@ -1,4 +1,5 @@
-//! Debug tool: greedy token ids from prompt ids, without a tokenizer.
+//! Parity tool: greedy token ids from prompt ids, without a tokenizer; prints the first
+//! step's top-5 logits on stderr (compare with the reference JSON's `first_step_top20`).
 //! `cargo run --example greedy_ids -- MODEL.gguf N ID ID ...`
 use dino_formats::gguf::GgufFile;
 use dino_kernels::pool::ThreadPool;
@@ -28,9 +29,8 @@ fn main() {
         let top: Vec<(usize, f32)> = idx[..5].iter().map(|&i| (i, l[i])).collect();
         eprintln!("top5 {top:?}");
     }
-    let mut pos = ids.len();
     let mut gen = Vec::new();
-    for _ in 0..n {
+    for pos in ids.len()..ids.len() + n {
         let l = out.last();
         let t = (0..l.len())
             .max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a)))
@@ -38,7 +38,6 @@ fn main() {
         gen.push(t);
         m.forward(&Batch::from_tokens(&[t], pos, 0, false), &mut kv, &mut out)
             .unwrap();
-        pos += 1;
     }
     println!("{gen:?}");
 }

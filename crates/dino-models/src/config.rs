@@ -96,7 +96,7 @@ impl HParams {
                     .opt_f32(&key("rope.scaling.factor"))?
                     .or(md.opt_f32(&key("rope.scale_linear"))?)
                     .unwrap_or(1.0);
-                if !(f > 0.0) {
+                if f.is_nan() || f <= 0.0 {
                     return Err(bad("rope.scaling.factor", format!("{f} must be positive")));
                 }
                 1.0 / f

@@ -100,7 +100,7 @@ fn synthetic_vocab(n_vocab: usize) -> Result<(Vec<String>, Vec<f32>, Vec<i32>)> 
             }
             k -= 1;
         }
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             s.insert(0, '▁');
         }
         tokens.push(s);
