@@ -37,8 +37,8 @@ fn reference(name: &str) -> Value {
 struct Policy {
     /// Every token must match up to the first step where llama.cpp's own top-1/top-2 margin
     /// is below this (0 = all tokens must match). Beyond such a near-tie, float summation order
-    /// alone can flip the choice: on SmolLM2-135M, Dino's scalar and AVX2 kernels (which differ
-    /// only in summation order) already differ by up to 0.4 in the logits.
+    /// alone can flip the choice: on SmolLM2-135M, summing the same products in another order
+    /// (Dino's scalar vs AVX2 kernels) moves the logits by up to 0.4.
     near_tie: f32,
     /// Largest allowed |Dino − llama.cpp| over llama.cpp's top-20 logits of the first step.
     max_logit_diff: f32,
@@ -124,9 +124,10 @@ fn check_greedy(engine: &Engine, refs: &Value, policy: &Policy) {
     );
 }
 
+/// Bit-identical arithmetic: every token equal, logits equal to float printing precision.
 const EXACT: Policy = Policy {
     near_tie: 0.0,
-    max_logit_diff: 0.3,
+    max_logit_diff: 1e-3,
 };
 
 #[test]
@@ -171,13 +172,7 @@ fn smollm2_greedy_matches_llama_cpp() {
     check_greedy(
         &engine,
         &reference("SmolLM2-135M-Instruct.Q4_1.greedy.json"),
-        // SmolLM2-135M's residual stream reaches |x| ≈ 700, so one flipped 8-bit rounding moves
-        // its logits by tenths: exact only up to the first step llama.cpp itself decides by
-        // less than 0.5.
-        &Policy {
-            near_tie: 0.5,
-            max_logit_diff: 0.75,
-        },
+        &EXACT,
     );
 }
 
@@ -187,7 +182,13 @@ fn qwen05_greedy_matches_llama_cpp() {
     check_greedy(
         &engine,
         &reference("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.greedy.json"),
-        &EXACT,
+        // llama.cpp runs Q4_K weights through repacked 8x8 kernels here, whose float
+        // accumulation order Dino does not reproduce yet: logits agree within ~0.15, so
+        // tokens must match up to the first step llama.cpp itself decides by less than 0.1.
+        &Policy {
+            near_tie: 0.1,
+            max_logit_diff: 0.3,
+        },
     );
 }
 

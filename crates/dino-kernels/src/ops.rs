@@ -62,8 +62,9 @@ impl RopeParams {
                     for i in (0..n).step_by(2) {
                         let (c, s) = (cache[i], cache[i + 1]);
                         let (x0, x1) = (head[i], head[i + 1]);
-                        head[i] = x0 * c - x1 * s;
-                        head[i + 1] = x0 * s + x1 * c;
+                        // Fused as GCC compiles ggml's `x0*c - x1*s` (bit-identical rotations).
+                        head[i] = x0.mul_add(c, -(x1 * s));
+                        head[i + 1] = x0.mul_add(s, x1 * c);
                     }
                 }
                 RopeStyle::Neox => {
@@ -72,8 +73,8 @@ impl RopeParams {
                         let (c, s) = (cache[i], cache[i + 1]);
                         let j = i / 2;
                         let (x0, x1) = (head[j], head[j + half]);
-                        head[j] = x0 * c - x1 * s;
-                        head[j + half] = x0 * s + x1 * c;
+                        head[j] = x0.mul_add(c, -(x1 * s));
+                        head[j + half] = x0.mul_add(s, x1 * c);
                     }
                 }
             }
@@ -217,11 +218,7 @@ pub fn attend_head_decode(
     let mut sum = 0f32;
     for p in 0..n_pos {
         let kr = &k[p * row + off..p * row + off + hd];
-        let mut dot = 0f32;
-        for i in 0..hd {
-            dot += kr[i].to_f32() * qh[i];
-        }
-        let score = dot * s.scale;
+        let score = dot_f16_ggml_order(kr, qh) * s.scale;
         let mut ms = 1.0f32;
         let mut vs = 1.0f32;
         if score > max {
@@ -238,12 +235,41 @@ pub fn attend_head_decode(
         for i in 0..hd {
             acc[i] = f16::from_f32(vr[i].to_f32().mul_add(vs, acc[i])).to_f32();
         }
-        sum = sum * ms + vs;
+        sum = sum.mul_add(ms, vs); // contracted as GCC compiles ggml's `S*ms + vs`
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for (o, &a) in out.iter_mut().zip(acc.iter()) {
         *o = a * inv;
     }
+}
+
+/// f16 · f16 dot product (the query already rounded to f16, held as f32) summed in the order
+/// of ggml's vectorized `ggml_vec_dot_f16` with 16-lane registers: four accumulators over
+/// 64-element steps (each product is exact in f32), reduced pairwise, then across lanes
+/// 8+8, 4+4, (0+2)+(1+3); a tail past the last whole step is added in double.
+pub fn dot_f16_ggml_order(k: &[f16], q: &[f32]) -> f32 {
+    let n = k.len().min(q.len());
+    let np = n & !63;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, a) in a.iter_mut().enumerate() {
+                let idx = i + 16 * j + l;
+                *a = k[idx].to_f32().mul_add(q[idx], *a);
+            }
+        }
+    }
+    let mut a = [0f32; 16];
+    for l in 0..16 {
+        a[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let t3: [f32; 8] = std::array::from_fn(|i| a[8 + i] + a[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[4 + i] + t3[i]);
+    let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+    for i in np..n {
+        sum += (k[i].to_f32() * q[i]) as f64;
+    }
+    sum as f32
 }
 
 /// `log softmax(logits)[target]`, computed in f64 as llama.cpp's perplexity tool does.
