@@ -182,13 +182,7 @@ fn qwen05_greedy_matches_llama_cpp() {
     check_greedy(
         &engine,
         &reference("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.greedy.json"),
-        // llama.cpp runs Q4_K weights through repacked 8x8 kernels here, whose float
-        // accumulation order Dino does not reproduce yet: logits agree within ~0.15, so
-        // tokens must match up to the first step llama.cpp itself decides by less than 0.1.
-        &Policy {
-            near_tie: 0.1,
-            max_logit_diff: 0.3,
-        },
+        &EXACT,
     );
 }
 

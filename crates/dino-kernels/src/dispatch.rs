@@ -82,6 +82,37 @@ pub struct TypeKernels {
     pub dequantize: fn(src: &[u8], dst: &mut [f32]),
     /// ggml's `vec_dot_type` of the weight type.
     pub act_type: GgmlType,
+    /// The dot product llama.cpp's x86 build uses for batched tokens when its batched kernel
+    /// sums in another float order than its per-row `vec_dot` (used for decode and the
+    /// remaining tokens). `None`: batches use `vec_dot` too.
+    pub batch: Option<BatchDot>,
+}
+
+/// A batched-kernel variant of a dot product and which tokens of a batch it applies to.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchDot {
+    pub dot: fn(n: usize, w: &[u8], a: &[u8]) -> f32,
+    pub rule: BatchRule,
+}
+
+/// Which tokens of an `n`-token batch llama.cpp computes with its batched kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchRule {
+    /// The repacked GEMMs (Q4_K 8x8): whole groups of 4 tokens; the rest per row.
+    WholeGroupsOf4,
+    /// The tiled K-quant GEMM: every token once the batch has at least this many.
+    AllFrom(usize),
+}
+
+impl BatchRule {
+    /// How many leading tokens of an `n`-token batch take the batched kernel.
+    pub fn tokens(self, n: usize) -> usize {
+        match self {
+            BatchRule::WholeGroupsOf4 if n >= 4 => n - n % 4,
+            BatchRule::AllFrom(m) if n >= m => n,
+            _ => 0,
+        }
+    }
 }
 
 /// The best level this CPU supports.
@@ -142,6 +173,19 @@ macro_rules! table {
             quantize_act: $qa,
             dequantize: $dq,
             act_type: GgmlType::$act,
+            batch: None,
+        };
+    };
+    ($name:ident: $vd:expr, $qa:expr, $dq:expr, $act:ident, batch: $vg:expr, $rule:expr) => {
+        static $name: TypeKernels = TypeKernels {
+            vec_dot: $vd,
+            quantize_act: $qa,
+            dequantize: $dq,
+            act_type: GgmlType::$act,
+            batch: Some(BatchDot {
+                dot: $vg,
+                rule: $rule,
+            }),
         };
     };
 }
@@ -160,9 +204,9 @@ fn scalar_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     table!(KQ8_1: l::vec_dot_q8_1_q8_1, l::quantize_q8_1_act, l::dequantize_q8_1, Q8_1);
     table!(KQ2K: k::vec_dot_q2_k_q8_k, k::quantize_q8_k, k::dequantize_q2_k, Q8_K);
     table!(KQ3K: k::vec_dot_q3_k_q8_k, k::quantize_q8_k, k::dequantize_q3_k, Q8_K);
-    table!(KQ4K: k::vec_dot_q4_k_q8_k, k::quantize_q8_k, k::dequantize_q4_k, Q8_K);
+    table!(KQ4K: k::vec_dot_q4_k_q8_k, k::quantize_q8_k, k::dequantize_q4_k, Q8_K, batch: k::vec_dot_q4_k_q8_k_gemm, BatchRule::WholeGroupsOf4);
     table!(KQ5K: k::vec_dot_q5_k_q8_k, k::quantize_q8_k, k::dequantize_q5_k, Q8_K);
-    table!(KQ6K: k::vec_dot_q6_k_q8_k, k::quantize_q8_k, k::dequantize_q6_k, Q8_K);
+    table!(KQ6K: k::vec_dot_q6_k_q8_k, k::quantize_q8_k, k::dequantize_q6_k, Q8_K, batch: k::vec_dot_q6_k_q8_k_tiled, BatchRule::AllFrom(8));
     table!(KQ8K: k::vec_dot_q8_k_q8_k, k::quantize_q8_k, k::dequantize_q8_k, Q8_K);
     Some(match t {
         F32 => &KF32,

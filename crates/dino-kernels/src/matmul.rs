@@ -134,11 +134,18 @@ pub fn matmul(
         // Fewer, larger chunks when each row is reused over many tokens.
         ROW_CHUNK.max(n_out / (pool.n_threads() * 8)).min(256)
     };
+    // The leading tokens llama.cpp's x86 build computes with a batched kernel take that
+    // kernel's float order (see `TypeKernels::batch`), the rest the per-row order.
+    let (n_gemm, gemm) = match k.batch {
+        Some(b) => (b.rule.tokens(n_tokens), b.dot),
+        None => (0, k.vec_dot),
+    };
     pool.for_chunks(n_out, chunk, &|rows| {
         for r in rows {
             let wr = w.row(r);
             for t in 0..n_tokens {
-                let v = (k.vec_dot)(w.n_in, wr, &act[t * act_row..(t + 1) * act_row]);
+                let dot = if t < n_gemm { gemm } else { k.vec_dot };
+                let v = dot(w.n_in, wr, &act[t * act_row..(t + 1) * act_row]);
                 // SAFETY: element (t, r) is written only by the chunk that owns row r.
                 unsafe { po.slice(t * n_out + r, 1)[0] = v };
             }

@@ -290,3 +290,52 @@ fn dequantize_simd_table_is_bit_identical() {
         }
     }
 }
+
+/// The batched-kernel variants (llama.cpp's repacked / tiled GEMM float orders): SIMD equals
+/// scalar, bit for bit where the float order is fixed by the algorithm, and both stay within
+/// the usual tolerance of the per-row `vec_dot`.
+#[test]
+fn batch_dot_variants_match_scalar_and_vec_dot() {
+    let mut rng = StdRng::seed_from_u64(44);
+    let mut checked = 0;
+    for isa in simd_levels() {
+        for t in SUPPORTED {
+            let (Some(sb), Some(vb)) = (scalar(t).batch, kernels_for(isa, t).unwrap().batch) else {
+                continue;
+            };
+            assert_eq!(sb.rule, vb.rule, "{t}: batch rules differ between ISAs");
+            for n in lengths(t) {
+                for _ in 0..3 {
+                    let wf = rand_f32(&mut rng, n, 1.0);
+                    let mut w = vec![0u8; t.row_size(n as u64).unwrap() as usize];
+                    quantize_row(t, &wf, &mut w).unwrap();
+                    let a = quantize_act_both(t, isa, &rand_f32(&mut rng, n, 3.0));
+                    let (s, v) = ((sb.dot)(n, &w, &a), (vb.dot)(n, &w, &a));
+                    assert_eq!(
+                        s.to_bits(),
+                        v.to_bits(),
+                        "{isa} batch dot {t} n={n}: {v} vs {s}"
+                    );
+                    let r = (scalar(t).vec_dot)(n, &w, &a) as f64;
+                    let tol = 1e-5 * abs_dot(t, n, &w, &a) + 1e-30;
+                    assert!(
+                        (s as f64 - r).abs() <= tol,
+                        "{t} n={n}: batch {s} vs vec_dot {r}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 0 || simd_levels().is_empty());
+}
+
+#[test]
+fn batch_rules_pick_the_tokens_llama_cpp_batches() {
+    use dino_kernels::dispatch::BatchRule;
+    assert_eq!(BatchRule::WholeGroupsOf4.tokens(1), 0);
+    assert_eq!(BatchRule::WholeGroupsOf4.tokens(10), 8);
+    assert_eq!(BatchRule::WholeGroupsOf4.tokens(12), 12);
+    assert_eq!(BatchRule::AllFrom(8).tokens(7), 0);
+    assert_eq!(BatchRule::AllFrom(8).tokens(10), 10);
+}

@@ -302,19 +302,61 @@ fn dot_k4_like(
     dmin * sumi as f32
 }
 
+/// Q4_K · Q8_K in the float order of llama.cpp's x86 kernels for Q4_K, which repack the
+/// weights into 8×8 interleaved blocks (`ggml_gemv/gemm_q4_K_8x8_q8_K`): per super-block the
+/// exact integer sums `Σ scale·q·a` and `Σ min·bsum` are folded into two f32 accumulators with
+/// one FMA each (`d_w·d_a` and `dmin_w·d_a`), and the result is their difference. Following it
+/// keeps logits bit-identical with llama.cpp on Q4_K models.
 pub fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (x, y) = (as_blocks::<BlockQ4K>(w), as_blocks::<BlockQ8K>(a));
     debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
-    let mut sums = [0.0f32; 8];
-    let mut sumf = 0.0f32;
+    let mut acc = 0.0f32;
+    let mut acc_min = 0.0f32;
     for (bx, by) in x.iter().zip(y).take(n / QK_K) {
         let q = q4k_values(&bx.qs);
-        sumf -= dot_k4_like(bx.d(), bx.dmin(), &bx.scales, &q, by, &mut sums);
+        let (sc, m) = k4_scales_mins(&bx.scales);
+        let mut sumi = 0i32;
+        for (e, (&qv, &av)) in q.iter().zip(by.qs.iter()).enumerate() {
+            sumi += sc[e / 32] as i32 * qv as i32 * av as i32;
+        }
+        let mut summ = 0i32;
+        for j in 0..QK_K / 16 {
+            summ += by.bsum(j) as i32 * m[j / 2] as i32;
+        }
+        let dy = by.d();
+        acc = (sumi as f32).mul_add(bx.d() * dy, acc);
+        acc_min = (summ as f32).mul_add(bx.dmin() * dy, acc_min);
     }
-    for s in sums {
-        sumf += s;
+    acc - acc_min
+}
+
+/// Q4_K · Q8_K in the float order of llama.cpp's repacked x86 GEMM (`ggml_gemm_q4_K_8x8_q8_K`,
+/// used for whole groups of 4 tokens in a batch): the integer sums of each 64-element pair of
+/// sub-blocks are folded into the accumulators with one FMA each.
+pub fn vec_dot_q4_k_q8_k_gemm(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ4K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut acc = 0.0f32;
+    let mut acc_min = 0.0f32;
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let q = q4k_values(&bx.qs);
+        let (sc, m) = k4_scales_mins(&bx.scales);
+        let dy = by.d();
+        let (d, dmin) = (bx.d() * dy, bx.dmin() * dy);
+        for j in 0..QK_K / 64 {
+            let mut sumi = 0i32;
+            for e in 64 * j..64 * (j + 1) {
+                sumi += sc[e / 32] as i32 * q[e] as i32 * by.qs[e] as i32;
+            }
+            let mut summ = 0i32;
+            for g in 4 * j..4 * (j + 1) {
+                summ += by.bsum(g) as i32 * m[g / 2] as i32;
+            }
+            acc = (sumi as f32).mul_add(d, acc);
+            acc_min = (summ as f32).mul_add(dmin, acc_min);
+        }
     }
-    sumf
+    acc - acc_min
 }
 
 pub fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
@@ -332,22 +374,61 @@ pub fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     sumf
 }
 
+/// Q6_K · Q8_K with the 8-lane partition of ggml's x86 kernel: lane `l` sums the scaled
+/// products of the unsigned 6-bit values at offsets `4l..4l+4` of every 32-element group, minus
+/// `32·Σ bsum·scale` over the 16-element groups `2l, 2l+1`; lanes are scaled by `d` with one FMA
+/// per super-block and reduced as `hsum_float_8` does. Same value as the reference formula up
+/// to float rounding, and bit-identical to llama.cpp on x86.
 pub fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (x, y) = (as_blocks::<BlockQ6K>(w), as_blocks::<BlockQ8K>(a));
     debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
-    let mut sums = [0.0f32; 8];
+    let mut acc = [0.0f32; 8];
     for (bx, by) in x.iter().zip(y).take(n / QK_K) {
-        let aux32 = lane_sums(&q6k_values(bx), &by.qs, |g| bx.scales[g / 2] as i32);
-        let d = bx.d() * by.d();
+        // q6k_values gives q - 32; the lanes use the unsigned value.
+        let q = q6k_values(bx);
+        let mut lanes = [0i32; 8];
+        for (e, (&qv, &av)) in q.iter().zip(by.qs.iter()).enumerate() {
+            let l = (e % 32) / 4;
+            lanes[l] += bx.scales[e / 16] as i32 * (qv as i32 + 32) * av as i32;
+        }
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane -= 32
+                * (by.bsum(2 * l) as i32 * bx.scales[2 * l] as i32
+                    + by.bsum(2 * l + 1) as i32 * bx.scales[2 * l + 1] as i32);
+        }
+        let d = by.d() * bx.d();
         for l in 0..8 {
-            sums[l] += d * aux32[l] as f32;
+            acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
         }
     }
-    let mut sumf = 0.0f32;
-    for s in sums {
-        sumf += s;
+    hsum_float_8(&acc)
+}
+
+/// Q6_K · Q8_K in the float order of llama.cpp's tiled K-quant GEMM (`ggml-cpu/tiled`, used on
+/// x86 for batches of 8 or more tokens): the exact integer dot of each super-block is scaled by
+/// the weight scale, then by the activation scale, and added to the running sum.
+pub fn vec_dot_q6_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ6K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut acc = 0.0f32;
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let q = q6k_values(bx);
+        let mut sumi = 0i32;
+        for (e, (&qv, &av)) in q.iter().zip(by.qs.iter()).enumerate() {
+            sumi += bx.scales[e / 16] as i32 * qv as i32 * av as i32;
+        }
+        let r = sumi as f32 * bx.d();
+        acc = r.mul_add(by.d(), acc);
     }
-    sumf
+    acc
+}
+
+/// ggml's `hsum_float_8`: ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)).
+fn hsum_float_8(a: &[f32; 8]) -> f32 {
+    let r: [f32; 4] = std::array::from_fn(|i| a[i + 4] + a[i]);
+    let r0 = r[0] + r[2];
+    let r1 = r[1] + r[3];
+    r0 + r1
 }
 
 /// Q8_K weights against Q8_K activations (ggml defines no such kernel; provided so every
