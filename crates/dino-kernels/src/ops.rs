@@ -321,6 +321,42 @@ mod tests {
     }
 
     #[test]
+    fn rope_linear_scaling_and_llama3_freq_factors_scale_the_angles() {
+        let base = RopeParams {
+            style: RopeStyle::Normal,
+            n_dims: 8,
+            freq_base: 500000.0,
+            freq_scale: 1.0,
+            freq_factors: None,
+            attn_factor: 1.0,
+        };
+        let (mut a, mut b) = (vec![0.0; 8], vec![0.0; 8]);
+        // Linear scaling by 4: position 40 rotates like unscaled position 10.
+        let linear = RopeParams {
+            freq_scale: 0.25,
+            ..base.clone()
+        };
+        linear.cache(40, &mut a);
+        base.cache(10, &mut b);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+        // Frequency factors divide each pair's angle (Llama 3 `rope_freqs.weight`).
+        let factors = RopeParams {
+            freq_factors: Some(vec![1.0, 2.0, 4.0, 8.0]),
+            ..base.clone()
+        };
+        factors.cache(16, &mut a);
+        base.cache(16, &mut b);
+        assert_eq!(a[0], b[0]);
+        let theta = |c: &[f32], i: usize| c[2 * i + 1].atan2(c[2 * i]);
+        let mut unscaled = vec![0.0; 8];
+        base.cache(4, &mut unscaled);
+        // Pair 2 at position 16 with factor 4 equals pair 2 at position 4 without.
+        assert!((theta(&a, 2) - theta(&unscaled, 2)).abs() < 1e-5);
+    }
+
+    #[test]
     fn attention_matches_two_pass_softmax() {
         let s = AttnShape {
             n_head: 2,
