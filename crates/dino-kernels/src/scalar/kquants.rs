@@ -82,7 +82,7 @@ fn q6k_values(b: &BlockQ6K) -> [i8; QK_K] {
 
 /// The 8 scales and 8 mins of a Q4_K/Q5_K block.
 #[inline(always)]
-fn k4_scales_mins(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn k4_scales_mins(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut m = [0u8; 8];
     for j in 0..8 {

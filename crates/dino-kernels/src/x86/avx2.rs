@@ -536,51 +536,51 @@ fn mins_dot(by: &BlockQ8K, mins: &[u8; 8]) -> i32 {
     s
 }
 
-#[inline(always)]
-fn k4_scales_mins(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut m = [0u8; 8];
-    for j in 0..8 {
-        (sc[j], m[j]) = scale_min_k4(j, scales);
-    }
-    (sc, m)
-}
-
 /// # Safety
 /// The CPU must support avx2, fma and f16c.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    // Float order of llama.cpp's repacked Q4_K kernels; see the scalar twin.
+    // Float order of llama.cpp's repacked Q4_K GEMV: one FMA per super-block; see the scalar twin.
     let (x, y) = (as_blocks::<BlockQ4K>(w), as_blocks::<BlockQ8K>(a));
     debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
-    let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = 0.0f32;
     let mut acc_min = 0.0f32;
     for (bx, by) in x.iter().zip(y).take(n / QK_K) {
         let dy = by.d();
-        let (sc, mins) = k4_scales_mins(&bx.scales);
-        let mut sumi = _mm256_setzero_si256();
+        let (sc, mins) = k::k4_scales_mins(&bx.scales);
+        let mut sumi = 0i32;
         for j in 0..QK_K / 64 {
-            let q4 = load32(arr32(&bx.qs, 32 * j));
-            let lo = _mm256_and_si256(q4, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-            let p_lo = _mm256_maddubs_epi16(lo, load32i(arr32(&by.qs, 64 * j)));
-            let p_hi = _mm256_maddubs_epi16(hi, load32i(arr32(&by.qs, 64 * j + 32)));
-            let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j] as i16));
-            let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * j + 1] as i16));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+            sumi += q4k_pair_sum(bx, by, &sc, j);
         }
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(sumi),
-            _mm256_extracti128_si256(sumi, 1),
-        );
-        let s = _mm_hadd_epi32(s, s);
-        let s = _mm_hadd_epi32(s, s);
-        let sumi = _mm_cvtsi128_si32(s);
         acc = (sumi as f32).mul_add(f16s(bx.d) * dy, acc);
         acc_min = (mins_dot(by, &mins) as f32).mul_add(f16s(bx.dmin) * dy, acc_min);
     }
     acc - acc_min
+}
+
+/// Exact integer `Σ scale·q·a` over elements `64j..64j+64` of a Q4_K super-block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_pair_sum(bx: &BlockQ4K, by: &BlockQ8K, sc: &[u8; 8], j: usize) -> i32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let q4 = load32(arr32(&bx.qs, 32 * j));
+    let lo = _mm256_and_si256(q4, m4);
+    let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+    let p_lo = _mm256_maddubs_epi16(lo, load32i(arr32(&by.qs, 64 * j)));
+    let p_hi = _mm256_maddubs_epi16(hi, load32i(arr32(&by.qs, 64 * j + 32)));
+    let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j] as i16));
+    let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * j + 1] as i16));
+    hsum_i32(_mm256_add_epi32(p_lo, p_hi))
+}
+
+/// Horizontal sum of 8 × i32 (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_hadd_epi32(s, s);
+    let s = _mm_hadd_epi32(s, s);
+    _mm_cvtsi128_si32(s)
 }
 
 /// # Safety
@@ -590,26 +590,14 @@ unsafe fn vec_dot_q4_k_q8_k_gemm(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // Float order of llama.cpp's repacked Q4_K GEMM: one FMA per 64 elements; see the scalar twin.
     let (x, y) = (as_blocks::<BlockQ4K>(w), as_blocks::<BlockQ8K>(a));
     debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
-    let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = 0.0f32;
     let mut acc_min = 0.0f32;
     for (bx, by) in x.iter().zip(y).take(n / QK_K) {
         let dy = by.d();
-        let (sc, mins) = k4_scales_mins(&bx.scales);
+        let (sc, mins) = k::k4_scales_mins(&bx.scales);
         let (d, dmin) = (f16s(bx.d) * dy, f16s(bx.dmin) * dy);
         for j in 0..QK_K / 64 {
-            let q4 = load32(arr32(&bx.qs, 32 * j));
-            let lo = _mm256_and_si256(q4, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-            let p_lo = _mm256_maddubs_epi16(lo, load32i(arr32(&by.qs, 64 * j)));
-            let p_hi = _mm256_maddubs_epi16(hi, load32i(arr32(&by.qs, 64 * j + 32)));
-            let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * j] as i16));
-            let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * j + 1] as i16));
-            let v = _mm256_add_epi32(p_lo, p_hi);
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-            let s = _mm_hadd_epi32(s, s);
-            let s = _mm_hadd_epi32(s, s);
-            let sumi = _mm_cvtsi128_si32(s);
+            let sumi = q4k_pair_sum(bx, by, &sc, j);
             let summ = mins[2 * j] as i32 * (by.bsum(4 * j) as i32 + by.bsum(4 * j + 1) as i32)
                 + mins[2 * j + 1] as i32 * (by.bsum(4 * j + 2) as i32 + by.bsum(4 * j + 3) as i32);
             acc = (sumi as f32).mul_add(d, acc);
@@ -631,7 +619,7 @@ unsafe fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc_m = 0.0f32;
     for (bx, by) in x.iter().zip(y).take(n / QK_K) {
         let dy = by.d();
-        let (sc, mins) = k4_scales_mins(&bx.scales);
+        let (sc, mins) = k::k4_scales_mins(&bx.scales);
         acc_m += f16s(bx.dmin) * dy * mins_dot(by, &mins) as f32;
         let hbits = load32(&bx.qh);
         let mut sumi = _mm256_setzero_si256();
@@ -659,52 +647,55 @@ unsafe fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// The CPU must support avx2, fma and f16c.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    // Lanes hold exactly what ggml's AVX2 kernel holds (products of unsigned 6-bit values, the
-    // -32 offset subtracted per lane through bsums), so the float sums round identically.
     let (x, y) = (as_blocks::<BlockQ6K>(w), as_blocks::<BlockQ8K>(a));
     debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m2 = _mm256_set1_epi8(0x03);
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y).take(n / QK_K) {
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            let qh = load32(arr32(&bx.qh, 32 * h));
-            let ql0 = load32(arr32(&bx.ql, 64 * h));
-            let ql1 = load32(arr32(&bx.ql, 64 * h + 32));
-            let lows = [
-                _mm256_and_si256(ql0, m4),
-                _mm256_and_si256(ql1, m4),
-                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-            ];
-            for (kk, low) in lows.into_iter().enumerate() {
-                let high =
-                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * kk as i32)), m2);
-                let q = _mm256_or_si256(low, _mm256_slli_epi16(high, 4)); // 0..64
-                let q8 = load32i(arr32(&by.qs, 128 * h + 32 * kk));
-                let p = _mm256_maddubs_epi16(q, q8);
-                let s0 = bx.scales[8 * h + 2 * kk] as i16;
-                let s1 = bx.scales[8 * h + 2 * kk + 1] as i16;
-                let sc = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
-            }
-        }
-        // 32 · Σ bsum·scale, pairs of 16-element groups per lane.
-        let mut bs = [0i16; 16];
-        let mut sc16 = [0i16; 16];
-        for g in 0..16 {
-            bs[g] = by.bsum(g);
-            sc16[g] = bx.scales[g] as i16;
-        }
-        let bsv = _mm256_loadu_si256(bs.as_ptr().cast());
-        let scv = _mm256_loadu_si256(sc16.as_ptr().cast());
-        let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsv, scv), 5);
-        sumi = _mm256_sub_epi32(sumi, sub);
         let d = _mm256_set1_ps(by.d() * f16s(bx.d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q6k_lanes(bx, by)), acc);
     }
     hsum_ps(acc)
+}
+
+/// The 8 i32 lanes ggml's AVX2 Q6_K kernel holds for one super-block: products of the unsigned
+/// 6-bit values (lane `l` = bytes `4l..4l+4` of every 32-element group) times their scales,
+/// minus `32·Σ bsum·scale` over the 16-element groups `2l, 2l+1`. Their sum is the exact dot.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_lanes(bx: &BlockQ6K, by: &BlockQ8K) -> __m256i {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(0x03);
+    let mut sumi = _mm256_setzero_si256();
+    for h in 0..2 {
+        let qh = load32(arr32(&bx.qh, 32 * h));
+        let ql0 = load32(arr32(&bx.ql, 64 * h));
+        let ql1 = load32(arr32(&bx.ql, 64 * h + 32));
+        let lows = [
+            _mm256_and_si256(ql0, m4),
+            _mm256_and_si256(ql1, m4),
+            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+        ];
+        for (kk, low) in lows.into_iter().enumerate() {
+            let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * kk as i32)), m2);
+            let q = _mm256_or_si256(low, _mm256_slli_epi16(high, 4)); // 0..64
+            let q8 = load32i(arr32(&by.qs, 128 * h + 32 * kk));
+            let p = _mm256_maddubs_epi16(q, q8);
+            let s0 = bx.scales[8 * h + 2 * kk] as i16;
+            let s1 = bx.scales[8 * h + 2 * kk + 1] as i16;
+            let sc = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+        }
+    }
+    let mut bs = [0i16; 16];
+    let mut sc16 = [0i16; 16];
+    for g in 0..16 {
+        bs[g] = by.bsum(g);
+        sc16[g] = bx.scales[g] as i16;
+    }
+    let bsv = _mm256_loadu_si256(bs.as_ptr().cast());
+    let scv = _mm256_loadu_si256(sc16.as_ptr().cast());
+    _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(bsv, scv), 5))
 }
 
 /// # Safety
@@ -714,42 +705,9 @@ unsafe fn vec_dot_q6_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
     // Float order of llama.cpp's tiled K-quant GEMM; see the scalar twin.
     let (x, y) = (as_blocks::<BlockQ6K>(w), as_blocks::<BlockQ8K>(a));
     debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m2 = _mm256_set1_epi8(0x03);
-    let k32 = _mm256_set1_epi8(32);
     let mut acc = 0.0f32;
     for (bx, by) in x.iter().zip(y).take(n / QK_K) {
-        let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            let qh = load32(arr32(&bx.qh, 32 * h));
-            let ql0 = load32(arr32(&bx.ql, 64 * h));
-            let ql1 = load32(arr32(&bx.ql, 64 * h + 32));
-            let lows = [
-                _mm256_and_si256(ql0, m4),
-                _mm256_and_si256(ql1, m4),
-                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-            ];
-            for (kk, low) in lows.into_iter().enumerate() {
-                let high =
-                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * kk as i32)), m2);
-                let q = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
-                let q8 = load32i(arr32(&by.qs, 128 * h + 32 * kk));
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(q, q8), _mm256_maddubs_epi16(k32, q8));
-                let s0 = bx.scales[8 * h + 2 * kk] as i16;
-                let s1 = bx.scales[8 * h + 2 * kk + 1] as i16;
-                let sc = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
-            }
-        }
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(sumi),
-            _mm256_extracti128_si256(sumi, 1),
-        );
-        let s = _mm_hadd_epi32(s, s);
-        let s = _mm_hadd_epi32(s, s);
-        let r = _mm_cvtsi128_si32(s) as f32 * f16s(bx.d);
+        let r = hsum_i32(q6k_lanes(bx, by)) as f32 * f16s(bx.d);
         acc = r.mul_add(by.d(), acc);
     }
     acc
