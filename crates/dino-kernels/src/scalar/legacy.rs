@@ -128,84 +128,83 @@ pub fn quantize_q5_1(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// `d = amax / 127` and its inverse, as ggml's Q8_0/Q8_1 reference quantizers.
+/// How a block of 32 is quantized to 8 bits.
+#[derive(Clone, Copy)]
+enum Q8Rule {
+    /// ggml's reference quantizer (used for weights): `d = amax/127`, `q = roundf(x · (1/d))`.
+    Reference,
+    /// ggml's x86 runtime quantizer (used for activations, `quantize_row_q8_0` in
+    /// `ggml-cpu/arch/x86/quants.c`): `q = round_ties_even(x · (127/amax))`. `127/amax` and
+    /// `1/(amax/127)` differ in the last bit for some `amax`, and ties round differently, so
+    /// activations follow this rule to keep logits bit-identical with llama.cpp.
+    X86Runtime,
+}
+
+/// Quantize one block: returns `d` and the sum of the quants (for Q8_1's `s`).
 #[inline(always)]
-pub(crate) fn q8_scale(x: &[f32]) -> (f32, f32) {
+fn q8_block(x: &[f32], qs: &mut [i8; QK], rule: Q8Rule) -> (f32, i32) {
     let mut amax = 0.0f32;
     for &v in x {
         amax = amax.max(v.abs());
     }
     let d = amax / 127.0;
-    (d, inv(d))
+    let mut sum = 0i32;
+    match rule {
+        Q8Rule::Reference => {
+            let id = inv(d);
+            for (q, &v) in qs.iter_mut().zip(x) {
+                *q = (v * id).round() as i8;
+                sum += *q as i32;
+            }
+        }
+        Q8Rule::X86Runtime => {
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            for (q, &v) in qs.iter_mut().zip(x) {
+                *q = (v * id).round_ties_even() as i8;
+                sum += *q as i32;
+            }
+        }
+    }
+    (d, sum)
 }
 
+fn quantize_q8_0_with(src: &[f32], dst: &mut [u8], rule: Q8Rule) {
+    let y = as_blocks_mut::<BlockQ8_0>(dst);
+    debug_assert_eq!(src.len(), y.len() * QK);
+    for (x, b) in src.chunks_exact(QK).zip(y) {
+        let (d, _) = q8_block(x, &mut b.qs, rule);
+        b.d = f16_to_le(d);
+    }
+}
+
+fn quantize_q8_1_with(src: &[f32], dst: &mut [u8], rule: Q8Rule) {
+    let y = as_blocks_mut::<BlockQ8_1>(dst);
+    debug_assert_eq!(src.len(), y.len() * QK);
+    for (x, b) in src.chunks_exact(QK).zip(y) {
+        let (d, sum) = q8_block(x, &mut b.qs, rule);
+        b.d = f16_to_le(d);
+        b.s = f16_to_le(sum as f32 * d);
+    }
+}
+
+/// Q8_0 with ggml's reference quantizer (weights).
 pub fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
-    let y = as_blocks_mut::<BlockQ8_0>(dst);
-    debug_assert_eq!(src.len(), y.len() * QK);
-    for (x, b) in src.chunks_exact(QK).zip(y) {
-        let (d, id) = q8_scale(x);
-        b.d = f16_to_le(d);
-        for (q, &v) in b.qs.iter_mut().zip(x) {
-            *q = (v * id).round() as i8;
-        }
-    }
+    quantize_q8_0_with(src, dst, Q8Rule::Reference)
 }
 
+/// Q8_1 with ggml's reference quantizer.
 pub fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
-    let y = as_blocks_mut::<BlockQ8_1>(dst);
-    debug_assert_eq!(src.len(), y.len() * QK);
-    for (x, b) in src.chunks_exact(QK).zip(y) {
-        let (d, id) = q8_scale(x);
-        b.d = f16_to_le(d);
-        let mut sum = 0i32;
-        for (q, &v) in b.qs.iter_mut().zip(x) {
-            *q = (v * id).round() as i8;
-            sum += *q as i32;
-        }
-        b.s = f16_to_le(sum as f32 * d);
-    }
+    quantize_q8_1_with(src, dst, Q8Rule::Reference)
 }
 
-/// `(d, id)` of ggml's x86 activation quantizers: `d = amax / 127`, `id = 127 / amax`
-/// (not `1 / d`: the two differ in the last bit for some `amax`).
-pub(crate) fn q8_scale_act(x: &[f32]) -> (f32, f32) {
-    let mut amax = 0.0f32;
-    for &v in x {
-        amax = amax.max(v.abs());
-    }
-    (amax / 127.0, if amax != 0.0 { 127.0 / amax } else { 0.0 })
-}
-
-/// Q8_0 activation quantizer as llama.cpp runs it on x86 (`quantize_row_q8_0` in
-/// `ggml-cpu/arch/x86/quants.c`): `id = 127 / amax` and rounding half to even. The reference
-/// quantizer above (`roundf(x / d)`, used for weights) differs from it in rare ties; activations
-/// follow the runtime path so that logits match llama.cpp's bit for bit where the rest does.
+/// Q8_0 activations as llama.cpp quantizes them on x86 (see [`Q8Rule::X86Runtime`]).
 pub fn quantize_q8_0_act(src: &[f32], dst: &mut [u8]) {
-    let y = as_blocks_mut::<BlockQ8_0>(dst);
-    debug_assert_eq!(src.len(), y.len() * QK);
-    for (x, b) in src.chunks_exact(QK).zip(y) {
-        let (d, id) = q8_scale_act(x);
-        b.d = f16_to_le(d);
-        for (q, &v) in b.qs.iter_mut().zip(x) {
-            *q = (v * id).round_ties_even() as i8;
-        }
-    }
+    quantize_q8_0_with(src, dst, Q8Rule::X86Runtime)
 }
 
-/// Q8_1 activation quantizer as llama.cpp runs it on x86; see [`quantize_q8_0_act`].
+/// Q8_1 activations as llama.cpp quantizes them on x86 (see [`Q8Rule::X86Runtime`]).
 pub fn quantize_q8_1_act(src: &[f32], dst: &mut [u8]) {
-    let y = as_blocks_mut::<BlockQ8_1>(dst);
-    debug_assert_eq!(src.len(), y.len() * QK);
-    for (x, b) in src.chunks_exact(QK).zip(y) {
-        let (d, id) = q8_scale_act(x);
-        b.d = f16_to_le(d);
-        let mut sum = 0i32;
-        for (q, &v) in b.qs.iter_mut().zip(x) {
-            *q = (v * id).round_ties_even() as i8;
-            sum += *q as i32;
-        }
-        b.s = f16_to_le(sum as f32 * d);
-    }
+    quantize_q8_1_with(src, dst, Q8Rule::X86Runtime)
 }
 
 // ---------------------------------------------------------------------------------------------
