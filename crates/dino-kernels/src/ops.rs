@@ -188,7 +188,7 @@ pub fn attend_head(
     }
 }
 
-/// Attention of one query head for single-token decode, with llama.cpp's CPU flash-attention
+/// Attention of one query head for batches under 64 tokens (decode included), with llama.cpp's CPU flash-attention
 /// numerics for an F16 cache: the query is rounded to f16, scores are f16·f16 dot products
 /// accumulated in f32, and the value accumulator is kept in f16 (each update rounded), with
 /// the online-softmax sum in f32. Matching these roundings keeps greedy decoding token-exact

@@ -352,10 +352,13 @@ impl Model for Decoder {
         }
 
         // Output head, only for the tokens that want logits.
-        let rows: Vec<usize> = (0..n).filter(|&t| batch.want_logits[t]).collect();
-        let n_out = rows.len();
+        // Reuse the caller's index buffer: nothing is allocated per forward once it has grown.
+        out.batch_index.clear();
+        out.batch_index
+            .extend((0..n).filter(|&t| batch.want_logits[t]));
+        let n_out = out.batch_index.len();
         let out_x = &mut ws.out_x[..n_out * e];
-        for (i, &t) in rows.iter().enumerate() {
+        for (i, &t) in out.batch_index.iter().enumerate() {
             ops::rmsnorm(
                 &x[t * e..(t + 1) * e],
                 &self.out_norm,
@@ -365,7 +368,6 @@ impl Model for Decoder {
         }
         out.n_vocab = hp.n_vocab;
         out.data.resize(n_out * hp.n_vocab, 0.0);
-        out.batch_index = rows;
         if n_out > 0 {
             matmul::matmul(
                 pool,
