@@ -44,9 +44,15 @@ struct ModelArgs {
     /// Model: a GGUF file path or a catalog name (see `dino pull --list`). Default: SmolLM2-135M-Instruct Q4_1.
     #[arg(short = 'm', long = "model")]
     model: Option<String>,
-    /// Threads (default: all cores).
+    /// Threads for generation (default: all cores).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
+    /// Threads for prompt processing (default: same as --threads).
+    #[arg(long = "threads-batch", visible_alias = "tb", default_value_t = 0)]
+    threads_batch: usize,
+    /// Lock the model's weights in RAM (mlock) so they are never paged out.
+    #[arg(long = "mlock")]
+    mlock: bool,
     /// Context size in tokens (default: the model's trained context, capped by free memory).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -137,7 +143,7 @@ struct PplArgs {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(llama_style_args(std::env::args_os()));
     let r = match cli.cmd {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Pull(a) => cmd_pull(a),
@@ -148,6 +154,15 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Accept llama.cpp's two-letter single-dash flags (`-tb 2`) as their long forms.
+fn llama_style_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.map(|a| match a.to_str() {
+        Some("-tb") => "--threads-batch".into(),
+        _ => a,
+    })
+    .collect()
 }
 
 fn pull_opts(quiet: bool) -> pull::PullOptions {
@@ -163,7 +178,9 @@ fn load_engine(m: &ModelArgs) -> Result<Engine> {
         &path,
         &EngineOptions {
             threads: m.threads,
+            threads_batch: m.threads_batch,
             warm_up: true,
+            mlock: m.mlock,
         },
     )
     .with_context(|| format!("loading {}", path.display()))?;

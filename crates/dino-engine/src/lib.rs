@@ -22,10 +22,15 @@ use std::time::{Duration, Instant};
 /// How to load a model.
 #[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
-    /// Threads (0 = all cores).
+    /// Threads for generation, one token at a time (0 = all cores).
     pub threads: usize,
-    /// Touch all weight pages at load so the first request is not slow.
+    /// Threads for prompt batches (0 = same as `threads`).
+    pub threads_batch: usize,
+    /// Read all weights ahead (`madvise(WILLNEED)`) and touch every page at load, then run
+    /// one tiny forward pass, so the first request is not slow.
     pub warm_up: bool,
+    /// Lock the weights in RAM (`mlock`); an error if the OS refuses.
+    pub mlock: bool,
 }
 
 /// A loaded model with its tokenizer and thread pool.
@@ -34,6 +39,10 @@ pub struct Engine {
     pub tokenizer: Tokenizer,
     pub file: Arc<GgufFile>,
     pub pool: Arc<ThreadPool>,
+    /// Threads for single-token (generation) passes.
+    pub threads: usize,
+    /// Threads for prompt batches.
+    pub threads_batch: usize,
     pub load_time: Duration,
 }
 
@@ -50,7 +59,23 @@ impl Engine {
         let t0 = Instant::now();
         let file = Arc::new(GgufFile::open(path.as_ref())?);
         let tokenizer = Tokenizer::from_gguf(file.metadata())?;
-        let pool = Arc::new(ThreadPool::new(opts.threads));
+        if opts.mlock {
+            file.lock_in_memory()?;
+        }
+        if opts.warm_up {
+            file.advise_willneed()?;
+        }
+        let threads = if opts.threads == 0 {
+            dino_kernels::pool::default_threads()
+        } else {
+            opts.threads
+        };
+        let threads_batch = if opts.threads_batch == 0 {
+            threads
+        } else {
+            opts.threads_batch
+        };
+        let pool = Arc::new(ThreadPool::new(threads.max(threads_batch)));
         let model = dino_models::load(file.clone(), &LoadOptions { pool: pool.clone() })?;
         if tokenizer.n_vocab() > model.info().hparams.n_vocab {
             return Err(Error::format(
@@ -65,13 +90,38 @@ impl Engine {
         if opts.warm_up {
             model.warm_up();
         }
-        Ok(Engine {
+        let engine = Engine {
             model,
             tokenizer,
             file,
             pool,
+            threads,
+            threads_batch,
+            load_time: Duration::ZERO,
+        };
+        if opts.warm_up {
+            // One token through every layer: starts the pool's threads, sizes the scratch
+            // buffers and brings the kernels' code into cache.
+            let mut kv = KvCache::new(engine.model.kv_shape(), 4, 1)?;
+            let tok = engine.tokenizer.bos().unwrap_or(0);
+            let batch = Batch::from_tokens(&[tok], 0, 0, true);
+            engine.forward(&batch, &mut kv, &mut Logits::default())?;
+        }
+        Ok(Engine {
             load_time: t0.elapsed(),
+            ..engine
         })
+    }
+
+    /// Run one forward pass with the thread count for its size: `threads` for a single token,
+    /// `threads_batch` for more.
+    pub fn forward(&self, batch: &Batch, kv: &mut KvCache, out: &mut Logits) -> Result<()> {
+        self.pool.set_active(if batch.len() > 1 {
+            self.threads_batch
+        } else {
+            self.threads
+        });
+        self.model.forward(batch, kv, out)
     }
 
     /// The context size to use: `requested`, or the trained context capped so the KV cache
@@ -189,7 +239,7 @@ pub fn generate(
     let n_batch = params.n_batch.max(1);
     for (i, chunk) in prompt.chunks(n_batch).enumerate() {
         let batch = Batch::from_tokens(chunk, i * n_batch, 0, false);
-        engine.model.forward(&batch, kv, &mut logits)?;
+        engine.forward(&batch, kv, &mut logits)?;
     }
     stats.prompt_time = t0.elapsed();
     let mut decoder = engine.tokenizer.stream_decoder();
@@ -217,7 +267,7 @@ pub fn generate(
         }
         batch.clear();
         batch.push(tok, pos as u32, 0, true);
-        engine.model.forward(&batch, kv, &mut logits)?;
+        engine.forward(&batch, kv, &mut logits)?;
         pos += 1;
     }
     let rest = decoder.flush();

@@ -89,7 +89,7 @@ pub fn perplexity(
             for (i, w) in batch.want_logits.iter_mut().enumerate() {
                 *w = p0 + i >= first;
             }
-            engine.model.forward(&batch, &mut kv, &mut logits)?;
+            engine.forward(&batch, &mut kv, &mut logits)?;
             // Positions first .. n_ctx-2 predict tokens first+1 .. n_ctx-1 (the original
             // tokens, not the BOS that replaced the first one).
             for (row, &bidx) in logits.batch_index.iter().enumerate() {

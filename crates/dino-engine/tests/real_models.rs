@@ -13,7 +13,7 @@ fn load(path: &Path) -> Engine {
         path,
         &EngineOptions {
             threads: 2,
-            warm_up: false,
+            ..Default::default()
         },
     )
     .expect("model loads")

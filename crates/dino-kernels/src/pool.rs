@@ -2,6 +2,9 @@
 //! works too) and returns when all have finished; workers spin briefly for the next job before
 //! parking on a condvar, so back-to-back kernel launches in a forward pass cost little.
 //! `for_chunks` splits a range into chunks claimed atomically, so uneven work balances itself.
+//! A launch costs no system call while the workers are still spinning: the condvar is only
+//! signalled when some worker has gone to sleep. `set_active` limits how many of the pool's
+//! threads the next jobs use (prompt and generation may use different counts).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -24,6 +27,8 @@ struct Shared {
     /// Kept under the same lock as the epoch bump so a worker always sees a consistent pair.
     job: Mutex<Option<(JobPtr, usize)>>,
     wake: Condvar,
+    /// Workers parked (or about to park) on `wake`; changed only under `job`'s lock.
+    sleepers: AtomicUsize,
     shutdown: std::sync::atomic::AtomicBool,
 }
 
@@ -31,6 +36,8 @@ pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     n_threads: usize,
+    /// Threads `run` uses (1..=n_threads).
+    active: AtomicUsize,
     /// Serializes `run` calls from different threads.
     lock: Mutex<()>,
 }
@@ -51,6 +58,7 @@ impl ThreadPool {
             pending: AtomicUsize::new(0),
             job: Mutex::new(None),
             wake: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),
         });
         let workers = (1..n_threads)
@@ -66,18 +74,31 @@ impl ThreadPool {
             shared,
             workers,
             n_threads,
+            active: AtomicUsize::new(n_threads),
             lock: Mutex::new(()),
         }
     }
 
-    pub fn n_threads(&self) -> usize {
+    /// Threads the pool owns (the caller counts as one).
+    pub fn size(&self) -> usize {
         self.n_threads
+    }
+
+    /// Threads the next jobs use.
+    pub fn n_threads(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Use `n` threads (clamped to `1..=size()`) for the next jobs.
+    pub fn set_active(&self, n: usize) {
+        self.active
+            .store(n.clamp(1, self.n_threads), Ordering::Relaxed);
     }
 
     /// Run `f(thread_index, n_threads)` on `n` threads (at most the pool size; the caller is
     /// thread 0) and wait for all of them.
     pub fn run_on(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
-        let n = n.clamp(1, self.n_threads);
+        let n = n.clamp(1, self.n_threads());
         if n == 1 {
             f(0, 1);
             return;
@@ -98,8 +119,12 @@ impl ThreadPool {
             let mut job = s.job.lock().unwrap_or_else(|e| e.into_inner());
             *job = Some((ptr, n));
             s.epoch.fetch_add(1, Ordering::Release);
+            // Workers increment `sleepers` under this lock before parking, so reading it here
+            // cannot miss one that has not yet seen the new epoch.
+            if s.sleepers.load(Ordering::Relaxed) != 0 {
+                s.wake.notify_all();
+            }
         }
-        s.wake.notify_all();
         f(0, n);
         let start = Instant::now();
         while s.pending.load(Ordering::Acquire) != 0 {
@@ -112,9 +137,9 @@ impl ThreadPool {
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Run on every thread of the pool.
+    /// Run on every active thread of the pool.
     pub fn run(&self, f: &(dyn Fn(usize, usize) + Sync)) {
-        self.run_on(self.n_threads, f)
+        self.run_on(self.n_threads(), f)
     }
 
     /// Split `0..n` into chunks of `chunk` items claimed atomically by the threads; `f` gets
@@ -157,7 +182,9 @@ fn worker(s: Arc<Shared>, tid: usize) {
                 if epoch != seen {
                     break *job;
                 }
+                s.sleepers.fetch_add(1, Ordering::Relaxed);
                 job = s.wake.wait(job).unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_sub(1, Ordering::Relaxed);
             }
         };
         seen = epoch;
@@ -245,6 +272,22 @@ mod tests {
     }
 
     #[test]
+    fn parked_workers_wake_up() {
+        let pool = ThreadPool::new(3);
+        for i in 0..20 {
+            // Longer than the spin window every other time, so workers park in between.
+            if i % 2 == 0 {
+                std::thread::sleep(SPIN * 3);
+            }
+            let hits = AtomicUsize::new(0);
+            pool.run(&|_, _| {
+                hits.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), 3);
+        }
+    }
+
+    #[test]
     fn run_on_fewer_threads() {
         let pool = ThreadPool::new(4);
         let hits = AtomicUsize::new(0);
@@ -253,6 +296,16 @@ mod tests {
             hits.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(hits.load(Ordering::Relaxed), 2);
+        // Fewer active threads, then all again.
+        pool.set_active(3);
+        let hits = AtomicUsize::new(0);
+        pool.run(&|_, nt| {
+            assert_eq!(nt, 3);
+            hits.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 3);
+        pool.set_active(99);
+        assert_eq!(pool.n_threads(), 4);
         // And a full run afterwards still reaches all four.
         let hits = AtomicUsize::new(0);
         pool.run(&|_, _| {

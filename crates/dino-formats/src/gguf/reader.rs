@@ -87,6 +87,32 @@ impl GgufFile {
         Self::parse(path.to_path_buf(), Backing::Mmap(mmap))
     }
 
+    /// Ask the kernel to read the whole mapping ahead (`madvise(MADV_WILLNEED)`), so the first
+    /// forward pass does not stall on page faults. A no-op for in-memory images.
+    pub fn advise_willneed(&self) -> Result<()> {
+        if let Backing::Mmap(m) = &self.data {
+            #[cfg(unix)]
+            m.advise(memmap2::Advice::WillNeed)
+                .map_err(|e| Error::io(self.path.display().to_string(), e))?;
+            #[cfg(not(unix))]
+            let _ = m;
+        }
+        Ok(())
+    }
+
+    /// Lock the mapping in RAM (`mlock`), so weights are never paged out. Fails with the OS
+    /// error (typically `RLIMIT_MEMLOCK`) when the lock is not allowed.
+    pub fn lock_in_memory(&self) -> Result<()> {
+        if let Backing::Mmap(m) = &self.data {
+            #[cfg(unix)]
+            m.lock()
+                .map_err(|e| Error::io(format!("mlock {}", self.path.display()), e))?;
+            #[cfg(not(unix))]
+            let _ = m;
+        }
+        Ok(())
+    }
+
     /// Parse a GGUF image held in memory (tests, fuzzing, small embedded files).
     pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<GgufFile> {
         Self::parse(name.into(), Backing::Owned(bytes))
