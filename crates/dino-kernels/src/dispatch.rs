@@ -1,7 +1,7 @@
 //! Run-time kernel selection.
 //!
 //! The instruction set is chosen once, at first use, from CPU feature detection; the environment
-//! variable `DINO_ISA=scalar|avx2` overrides it (an unavailable or unknown value is ignored with
+//! variable `DINO_ISA=scalar|avx2|avx512` overrides it (an unavailable or unknown value is ignored with
 //! a warning on stderr). [`kernels`] then hands out a `&'static` table of function pointers per
 //! tensor type, which the matmul code caches per weight tensor.
 //!
@@ -21,18 +21,21 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C (Haswell / Zen and later).
     Avx2,
-    // Avx512 and Neon slot in here.
+    /// AVX2 plus AVX-512 F/BW/VL and VNNI (Ice Lake / Zen 4 and later).
+    Avx512,
+    // Neon slots in here.
 }
 
 impl Isa {
     /// Every level Dino knows, worst first.
-    pub const ALL: [Isa; 2] = [Isa::Scalar, Isa::Avx2];
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
 
     /// The `DINO_ISA` spelling.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 
@@ -48,6 +51,7 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             Isa::Avx2 => avx2_available(),
+            Isa::Avx512 => avx512_available(),
         }
     }
 }
@@ -68,6 +72,16 @@ fn avx2_available() -> bool {
     false
 }
 
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    crate::x86::avx512_detected()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_available() -> bool {
+    false
+}
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy, Debug)]
 pub struct TypeKernels {
@@ -75,7 +89,7 @@ pub struct TypeKernels {
     /// already quantized to `act_type`. The caller guarantees `n` is a multiple of both block
     /// sizes and the slices hold at least `n` elements (debug builds assert it; release builds
     /// stay memory-safe but may return a meaningless value). Hot: called per output row.
-    pub vec_dot: fn(n: usize, w: &[u8], a: &[u8]) -> f32,
+    pub vec_dot: DotFn,
     /// Quantizes f32 activations to `act_type`; `dst.len()` must be `act_type.row_size(src.len())`.
     pub quantize_act: fn(src: &[f32], dst: &mut [u8]),
     /// Dequantizes `dst.len()` elements of the weight type from `src`.
@@ -86,13 +100,58 @@ pub struct TypeKernels {
     /// sums in another float order than its per-row `vec_dot` (used for decode and the
     /// remaining tokens). `None`: batches use `vec_dot` too.
     pub batch: Option<BatchDot>,
+    /// Many rows × many tokens at once with exactly `vec_dot`'s arithmetic per output (each
+    /// unpacked weight block is reused across the tile's tokens, each activation block across
+    /// its rows). `None`: `matmul` loops over `vec_dot`.
+    pub tile: Option<TileFn>,
 }
+
+/// A block of outputs computed in one call: `out[t * n_rows + r] = dot(w row r, a row t)`.
+#[derive(Debug)]
+pub struct Tile<'a> {
+    /// Elements per row.
+    pub n: usize,
+    /// `[n_rows, row_bytes]` weight rows.
+    pub w: &'a [u8],
+    pub n_rows: usize,
+    /// `[n_tok, act_row]` quantized activation rows.
+    pub a: &'a [u8],
+    pub n_tok: usize,
+    /// `[n_tok, n_rows]`.
+    pub out: &'a mut [f32],
+}
+
+impl Tile<'_> {
+    pub fn row_bytes(&self) -> usize {
+        self.w.len() / self.n_rows.max(1)
+    }
+    pub fn act_row(&self) -> usize {
+        self.a.len() / self.n_tok.max(1)
+    }
+    /// The reference every tile kernel must equal bit for bit: `dot` per output.
+    pub fn by_dot(&mut self, dot: DotFn) {
+        let (rb, ab) = (self.row_bytes(), self.act_row());
+        for t in 0..self.n_tok {
+            let a = &self.a[t * ab..(t + 1) * ab];
+            for r in 0..self.n_rows {
+                self.out[t * self.n_rows + r] = dot(self.n, &self.w[r * rb..(r + 1) * rb], a);
+            }
+        }
+    }
+}
+
+/// A dot-product kernel: weight row × quantized activation row.
+pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
+/// A tile kernel (see [`Tile`]).
+pub type TileFn = fn(&mut Tile);
 
 /// A batched-kernel variant of a dot product and which tokens of a batch it applies to.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchDot {
-    pub dot: fn(n: usize, w: &[u8], a: &[u8]) -> f32,
+    pub dot: DotFn,
     pub rule: BatchRule,
+    /// Tile kernel with `dot`'s arithmetic.
+    pub tile: Option<TileFn>,
 }
 
 /// Which tokens of an `n`-token batch llama.cpp computes with its batched kernel.
@@ -117,7 +176,9 @@ impl BatchRule {
 
 /// The best level this CPU supports.
 pub fn detect() -> Isa {
-    if Isa::Avx2.available() {
+    if Isa::Avx512.available() {
+        Isa::Avx512
+    } else if Isa::Avx2.available() {
         Isa::Avx2
     } else {
         Isa::Scalar
@@ -138,7 +199,7 @@ pub fn isa() -> Isa {
                 }
                 None => {
                     eprintln!(
-                        "dino: unknown DINO_ISA={v:?} (expected scalar|avx2); using {detected}"
+                        "dino: unknown DINO_ISA={v:?} (expected scalar|avx2|avx512); using {detected}"
                     );
                     detected
                 }
@@ -161,22 +222,26 @@ pub fn kernels_for(isa: Isa, t: GgmlType) -> Option<&'static TypeKernels> {
         Isa::Scalar => scalar_kernels(t),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => crate::x86::avx2_kernels(t),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => crate::x86::avx512_kernels(t),
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 => None,
+        Isa::Avx2 | Isa::Avx512 => None,
     }
 }
 
 macro_rules! table {
-    ($name:ident: $vd:expr, $qa:expr, $dq:expr, $act:ident) => {
+    ($name:ident: $vd:expr, $qa:expr, $dq:expr, $act:ident $(, tile: $tile:expr)?) => {
         static $name: TypeKernels = TypeKernels {
             vec_dot: $vd,
             quantize_act: $qa,
             dequantize: $dq,
             act_type: GgmlType::$act,
             batch: None,
+            tile: $crate::dispatch::opt!($($tile)?),
         };
     };
-    ($name:ident: $vd:expr, $qa:expr, $dq:expr, $act:ident, batch: $vg:expr, $rule:expr) => {
+    ($name:ident: $vd:expr, $qa:expr, $dq:expr, $act:ident $(, tile: $tile:expr)?,
+     batch: $vg:expr, $rule:expr $(, btile: $bt:expr)?) => {
         static $name: TypeKernels = TypeKernels {
             vec_dot: $vd,
             quantize_act: $qa,
@@ -185,10 +250,21 @@ macro_rules! table {
             batch: Some(BatchDot {
                 dot: $vg,
                 rule: $rule,
+                tile: $crate::dispatch::opt!($($bt)?),
             }),
+            tile: $crate::dispatch::opt!($($tile)?),
         };
     };
 }
+macro_rules! opt {
+    () => {
+        None
+    };
+    ($e:expr) => {
+        Some($e)
+    };
+}
+pub(crate) use opt;
 pub(crate) use table;
 
 fn scalar_kernels(t: GgmlType) -> Option<&'static TypeKernels> {

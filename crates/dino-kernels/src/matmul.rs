@@ -6,7 +6,7 @@
 //! rows in chunks claimed atomically by the pool; for a batch of tokens each weight row is read
 //! once and used for every token while it sits in L1.
 
-use crate::dispatch::{self, TypeKernels};
+use crate::dispatch::{self, Tile, TypeKernels};
 use crate::pool::{SharedMut, ThreadPool};
 use dino_core::{Error, GgmlType, Result};
 
@@ -82,9 +82,6 @@ impl MatmulScratch {
     }
 }
 
-/// Rows of output computed per claimed chunk.
-const ROW_CHUNK: usize = 16;
-
 /// `out[t, r] = Σ_k w[r, k] · x[t, k]` for `n_tokens` tokens.
 ///
 /// `x`: `[n_tokens, n_in]`, `out`: `[n_tokens, n_out]`.
@@ -117,7 +114,7 @@ pub fn matmul(
     {
         let pa = SharedMut::new(act);
         let n_in = w.n_in;
-        pool.for_chunks(n_tokens, 4, &|r| {
+        pool.for_chunks(n_tokens, 8, &|r| {
             for t in r {
                 // SAFETY: each token's activation row is written by exactly one chunk.
                 let dst = unsafe { pa.slice(t * act_row, act_row) };
@@ -126,31 +123,91 @@ pub fn matmul(
         });
     }
     let act = &*act;
-    let n_out = w.n_out;
-    let po = SharedMut::new(out);
-    let chunk = if n_tokens == 1 {
-        ROW_CHUNK
-    } else {
-        // Fewer, larger chunks when each row is reused over many tokens.
-        ROW_CHUNK.max(n_out / (pool.n_threads() * 8)).min(256)
-    };
     // The leading tokens llama.cpp's x86 build computes with a batched kernel take that
     // kernel's float order (see `TypeKernels::batch`), the rest the per-row order.
     let (n_gemm, gemm) = match k.batch {
-        Some(b) => (b.rule.tokens(n_tokens), b.dot),
-        None => (0, k.vec_dot),
+        Some(b) => (b.rule.tokens(n_tokens), (b.dot, b.tile)),
+        None => (0, (k.vec_dot, k.tile)),
     };
-    pool.for_chunks(n_out, chunk, &|rows| {
-        for r in rows {
-            let wr = w.row(r);
-            for t in 0..n_tokens {
-                let dot = if t < n_gemm { gemm } else { k.vec_dot };
-                let v = dot(w.n_in, wr, &act[t * act_row..(t + 1) * act_row]);
-                // SAFETY: element (t, r) is written only by the chunk that owns row r.
-                unsafe { po.slice(t * n_out + r, 1)[0] = v };
+    let per_row = (k.vec_dot, k.tile);
+    // Work items: (row chunk, token block); a token block never straddles `n_gemm`.
+    let n_out = w.n_out;
+    let row_chunk = if n_tokens == 1 {
+        // Enough chunks to balance the threads, few enough to keep claims cheap.
+        (n_out / (pool.n_threads() * 16)).clamp(8, ROW_CHUNK_MAX) / 8 * 8
+    } else {
+        ROW_CHUNK_MAX
+    };
+    let n_row_chunks = n_out.div_ceil(row_chunk);
+    let tok_blocks = token_blocks(n_tokens, n_gemm);
+    let n_tb = tok_blocks.len;
+    let po = SharedMut::new(out);
+    let rb = w.row_bytes();
+    pool.for_chunks(n_row_chunks * n_tb, 1, &|items| {
+        let mut buf = [0f32; ROW_CHUNK_MAX * TOKEN_BLOCK];
+        for item in items {
+            // Token block outer: consecutive items share the activation block.
+            let (tb, rc) = (item / n_row_chunks, item % n_row_chunks);
+            let (t0, t1) = tok_blocks.get(tb);
+            let r0 = rc * row_chunk;
+            let r1 = (r0 + row_chunk).min(n_out);
+            let (dot, tile_fn) = if t0 < n_gemm { gemm } else { per_row };
+            let (nr, nt) = (r1 - r0, t1 - t0);
+            let mut tile = Tile {
+                n: w.n_in,
+                w: &w.data[r0 * rb..r1 * rb],
+                n_rows: nr,
+                a: &act[t0 * act_row..t1 * act_row],
+                n_tok: nt,
+                out: &mut buf[..nr * nt],
+            };
+            match tile_fn {
+                Some(f) => f(&mut tile),
+                None => tile.by_dot(dot),
+            }
+            for t in 0..nt {
+                // SAFETY: outputs (t0 + t, r0..r1) belong to this work item only.
+                let dst = unsafe { po.slice((t0 + t) * n_out + r0, nr) };
+                dst.copy_from_slice(&buf[t * nr..(t + 1) * nr]);
             }
         }
     });
+}
+
+/// Largest row chunk of one work item.
+const ROW_CHUNK_MAX: usize = 32;
+/// Tokens per work item: their activations stay in L2 while the item's rows stream past.
+const TOKEN_BLOCK: usize = 64;
+
+/// The token blocks of a batch: `TOKEN_BLOCK`-sized, split at `n_gemm`.
+struct TokenBlocks {
+    n_gemm: usize,
+    n: usize,
+    first: usize,
+    len: usize,
+}
+
+fn token_blocks(n: usize, n_gemm: usize) -> TokenBlocks {
+    let first = n_gemm.div_ceil(TOKEN_BLOCK);
+    TokenBlocks {
+        n_gemm,
+        n,
+        first,
+        len: first + (n - n_gemm).div_ceil(TOKEN_BLOCK),
+    }
+}
+
+impl TokenBlocks {
+    /// Token range of block `i`.
+    fn get(&self, i: usize) -> (usize, usize) {
+        if i < self.first {
+            let t0 = i * TOKEN_BLOCK;
+            (t0, (t0 + TOKEN_BLOCK).min(self.n_gemm))
+        } else {
+            let t0 = self.n_gemm + (i - self.first) * TOKEN_BLOCK;
+            (t0, (t0 + TOKEN_BLOCK).min(self.n))
+        }
+    }
 }
 
 /// Dequantize row `r` of `w` into `dst` (`[n_in]`), e.g. an embedding lookup.
@@ -210,6 +267,24 @@ mod tests {
                         assert!((got - want).abs() < 0.15, "{ty} t{t} r{r}: {got} vs {want}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn token_blocks_cover_the_batch_and_split_at_n_gemm() {
+        for n in [1usize, 5, 64, 65, 130, 512] {
+            for n_gemm in [0, n / 2 / 4 * 4, n] {
+                let tb = token_blocks(n, n_gemm);
+                let mut next = 0;
+                for i in 0..tb.len {
+                    let (a, b) = tb.get(i);
+                    assert_eq!(a, next);
+                    assert!(b > a && b - a <= TOKEN_BLOCK);
+                    assert!(b <= n_gemm || a >= n_gemm, "{n} {n_gemm}: {a}..{b}");
+                    next = b;
+                }
+                assert_eq!(next, n);
             }
         }
     }

@@ -339,3 +339,104 @@ fn batch_rules_pick_the_tokens_llama_cpp_batches() {
     assert_eq!(BatchRule::AllFrom(8).tokens(7), 0);
     assert_eq!(BatchRule::AllFrom(8).tokens(10), 10);
 }
+
+/// Bit-equality of a tile kernel with its dot product, output by output (NaN equals NaN).
+#[allow(clippy::too_many_arguments)]
+fn check_tile(
+    t: GgmlType,
+    isa: Isa,
+    tile: dino_kernels::dispatch::TileFn,
+    dot: dino_kernels::dispatch::DotFn,
+    shape: (usize, usize, usize),
+    w: &[u8],
+    a: &[u8],
+    what: &str,
+) {
+    use dino_kernels::dispatch::Tile;
+    let (n, n_rows, n_tok) = shape;
+    let mut got = vec![f32::MAX; n_rows * n_tok];
+    let mut want = got.clone();
+    tile(&mut Tile {
+        n,
+        w,
+        n_rows,
+        a,
+        n_tok,
+        out: &mut got,
+    });
+    Tile {
+        n,
+        w,
+        n_rows,
+        a,
+        n_tok,
+        out: &mut want,
+    }
+    .by_dot(dot);
+    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan()),
+            "{isa} tile {t} ({what}) n={n} rows={n_rows} tok={n_tok}: output {i} (token {}, row {}) {g} != dot {e}",
+            i / n_rows,
+            i % n_rows
+        );
+    }
+}
+
+/// Every tile kernel equals its dot product bit for bit, for tile shapes that exercise the full
+/// steps and the single-row / single-token edges, on random, hostile and extreme data.
+#[test]
+fn tile_kernels_equal_their_dot_products() {
+    let mut rng = StdRng::seed_from_u64(44);
+    let mut checked = 0;
+    for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+        for t in SUPPORTED {
+            let k = kernels_for(isa, t).unwrap();
+            let mut variants = vec![];
+            if let Some(tile) = k.tile {
+                variants.push((tile, k.vec_dot, "per-row"));
+            }
+            if let Some(b) = k.batch {
+                if let Some(tile) = b.tile {
+                    variants.push((tile, b.dot, "batched"));
+                }
+            }
+            for (tile, dot, kind) in variants {
+                let bs = t.block_size().max(32);
+                for &(nb, n_rows, n_tok) in
+                    &[(1, 1, 1), (3, 5, 1), (2, 9, 7), (5, 4, 4), (1, 13, 11)]
+                {
+                    let n = nb * bs;
+                    let rs = t.row_size(n as u64).unwrap() as usize;
+                    let mut w = vec![0u8; rs * n_rows];
+                    for r in 0..n_rows {
+                        let row = match r % 3 {
+                            0 => {
+                                let mut q = vec![0u8; rs];
+                                quantize_row(t, &rand_f32(&mut rng, n, 2.0), &mut q).unwrap();
+                                q
+                            }
+                            1 => hostile_row(&mut rng, t, n, 60000.0),
+                            _ => hostile_row(&mut rng, t, n, 1.0),
+                        };
+                        w[r * rs..(r + 1) * rs].copy_from_slice(&row);
+                    }
+                    let mut a = Vec::new();
+                    for j in 0..n_tok {
+                        let x: Vec<f32> = match j % 3 {
+                            0 => rand_f32(&mut rng, n, 1.0),
+                            1 => (0..n)
+                                .map(|i| if i % 2 == 0 { 1e4 } else { -1e-4 })
+                                .collect(),
+                            _ => rand_f32(&mut rng, n, 300.0),
+                        };
+                        a.extend(quantize_act_both(t, isa, &x));
+                    }
+                    check_tile(t, isa, tile, dot, (n, n_rows, n_tok), &w, &a, kind);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked} tile shapes checked");
+}

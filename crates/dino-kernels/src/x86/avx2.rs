@@ -29,7 +29,7 @@ pub(crate) fn avx2_detected() -> bool {
 
 macro_rules! safe_wrappers {
     ($($safe:ident => $inner:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?;)*) => {$(
-        fn $safe($($arg: $ty),*) $(-> $ret)? {
+        pub(super) fn $safe($($arg: $ty),*) $(-> $ret)? {
             debug_assert!(avx2_detected());
             // SAFETY: this wrapper is private to this module and reachable only through the
             // tables returned by `avx2_kernels`, which returns them only after
@@ -59,6 +59,26 @@ safe_wrappers! {
     quant_f16 => quantize_f16(src: &[f32], dst: &mut [u8]);
 }
 
+macro_rules! tile_wrappers {
+    ($detected:path, $kernel:ident: $($safe:ident => $block:ty;)*) => {$(
+        pub(super) fn $safe(t: &mut crate::dispatch::Tile) {
+            debug_assert!($detected());
+            // SAFETY: reachable only through a kernel table handed out after run-time detection
+            // of the features `$kernel` enables; the kernel indexes only through bounds-checked
+            // slices.
+            unsafe { super::tiles::$kernel::<$block>(t) }
+        }
+    )*};
+}
+
+tile_wrappers! { avx2_detected, tile_avx2:
+    tile_q4_0 => BlockQ4_0;
+    tile_q4_1 => BlockQ4_1;
+    tile_q5_0 => BlockQ5_0;
+    tile_q5_1 => BlockQ5_1;
+    tile_q8_0 => BlockQ8_0;
+}
+
 /// The AVX2 kernel table of `t`, or `None` if `t` is unsupported or the CPU lacks AVX2/FMA/F16C.
 pub(crate) fn avx2_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     use GgmlType::*;
@@ -68,11 +88,11 @@ pub(crate) fn avx2_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     table!(KF32: dot_f32, float::f32_to_bytes, float::bytes_to_f32, F32);
     table!(KF16: dot_f16, quant_f16, float::f16_to_f32, F16);
     table!(KBF16: float::vec_dot_bf16, float::f32_to_bf16, float::bf16_to_f32, BF16);
-    table!(KQ4_0: dot_q4_0, quant_q8_0, l::dequantize_q4_0, Q8_0);
-    table!(KQ4_1: dot_q4_1, quant_q8_1, l::dequantize_q4_1, Q8_1);
-    table!(KQ5_0: dot_q5_0, quant_q8_0, l::dequantize_q5_0, Q8_0);
-    table!(KQ5_1: dot_q5_1, quant_q8_1, l::dequantize_q5_1, Q8_1);
-    table!(KQ8_0: dot_q8_0, quant_q8_0, l::dequantize_q8_0, Q8_0);
+    table!(KQ4_0: dot_q4_0, quant_q8_0, l::dequantize_q4_0, Q8_0, tile: tile_q4_0);
+    table!(KQ4_1: dot_q4_1, quant_q8_1, l::dequantize_q4_1, Q8_1, tile: tile_q4_1);
+    table!(KQ5_0: dot_q5_0, quant_q8_0, l::dequantize_q5_0, Q8_0, tile: tile_q5_0);
+    table!(KQ5_1: dot_q5_1, quant_q8_1, l::dequantize_q5_1, Q8_1, tile: tile_q5_1);
+    table!(KQ8_0: dot_q8_0, quant_q8_0, l::dequantize_q8_0, Q8_0, tile: tile_q8_0);
     table!(KQ8_1: l::vec_dot_q8_1_q8_1, quant_q8_1, l::dequantize_q8_1, Q8_1);
     table!(KQ2K: k::vec_dot_q2_k_q8_k, quant_q8_k, k::dequantize_q2_k, Q8_K);
     table!(KQ3K: k::vec_dot_q3_k_q8_k, quant_q8_k, k::dequantize_q3_k, Q8_K);
@@ -106,41 +126,41 @@ pub(crate) fn avx2_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load32(b: &[u8; 32]) -> __m256i {
+pub(super) unsafe fn load32(b: &[u8; 32]) -> __m256i {
     // SAFETY (of the load): reads exactly the 32 bytes of `b`; unaligned loads are allowed.
     _mm256_loadu_si256(b.as_ptr().cast())
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load32i(b: &[i8; 32]) -> __m256i {
+pub(super) unsafe fn load32i(b: &[i8; 32]) -> __m256i {
     // SAFETY (of the load): reads exactly the 32 bytes of `b`.
     _mm256_loadu_si256(b.as_ptr().cast())
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load16(b: &[u8; 16]) -> __m128i {
+pub(super) unsafe fn load16(b: &[u8; 16]) -> __m128i {
     // SAFETY (of the load): reads exactly the 16 bytes of `b`.
     _mm_loadu_si128(b.as_ptr().cast())
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load8f(x: &[f32; 8]) -> __m256 {
+pub(super) unsafe fn load8f(x: &[f32; 8]) -> __m256 {
     // SAFETY (of the load): reads exactly the 8 floats of `x`.
     _mm256_loadu_ps(x.as_ptr())
 }
 
 /// `s[off..off + 32]` as an array reference (bounds-checked; offsets are constant in practice).
 #[inline(always)]
-fn arr32<T>(s: &[T], off: usize) -> &[T; 32] {
+pub(super) fn arr32<T>(s: &[T], off: usize) -> &[T; 32] {
     s[off..off + 32].try_into().expect("32-element window")
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16s(b: [u8; 2]) -> f32 {
+pub(super) unsafe fn f16s(b: [u8; 2]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(
         _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
     ))
@@ -148,7 +168,7 @@ unsafe fn f16s(b: [u8; 2]) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_ps(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -157,7 +177,7 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hmax_ps(v: __m256) -> f32 {
+pub(super) unsafe fn hmax_ps(v: __m256) -> f32 {
     let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     let m = _mm_max_ss(m, _mm_movehdup_ps(m));
@@ -166,7 +186,7 @@ unsafe fn hmax_ps(v: __m256) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn abs_ps(v: __m256) -> __m256 {
+pub(super) unsafe fn abs_ps(v: __m256) -> __m256 {
     _mm256_andnot_ps(_mm256_set1_ps(-0.0), v)
 }
 
@@ -174,7 +194,7 @@ unsafe fn abs_ps(v: __m256) -> __m256 {
 /// -128 (our activation quantizers produce -127..=127).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
+pub(super) unsafe fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
@@ -183,14 +203,14 @@ unsafe fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
 /// Unsigned i8 (at most 127) x signed i8, summed in groups of 4 into 8 x i32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256i {
+pub(super) unsafe fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
 /// The 32 nibbles of a 16-byte `qs` in element order: low nibbles (elements 0..16) then high.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+pub(super) unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
     let b = load16(qs);
     let m = _mm_set1_epi8(0x0F);
     _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m))
@@ -199,7 +219,7 @@ unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
 /// Byte `i` = 0xFF if bit `i` of `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+pub(super) unsafe fn bytes_from_bits(bits: u32) -> __m256i {
     let shuf = _mm256_setr_epi8(
         0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
         2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
@@ -213,7 +233,7 @@ unsafe fn bytes_from_bits(bits: u32) -> __m256i {
 /// Packs 4 x 8 i32 (each within i8 range after saturation) into 32 i8 in order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack_i8(i0: __m256i, i1: __m256i, i2: __m256i, i3: __m256i) -> __m256i {
+pub(super) unsafe fn pack_i8(i0: __m256i, i1: __m256i, i2: __m256i, i3: __m256i) -> __m256i {
     let a = _mm256_packs_epi32(i0, i1);
     let b = _mm256_packs_epi32(i2, i3);
     let c = _mm256_packs_epi16(a, b);
@@ -528,7 +548,7 @@ unsafe fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
 
 /// Sum over the 16 `bsums` of `bsum[j] * mins[j / 2]`.
 #[inline(always)]
-fn mins_dot(by: &BlockQ8K, mins: &[u8; 8]) -> i32 {
+pub(super) fn mins_dot(by: &BlockQ8K, mins: &[u8; 8]) -> i32 {
     let mut s = 0i32;
     for j in 0..QK_K / 16 {
         s += by.bsum(j) as i32 * mins[j / 2] as i32;
@@ -561,7 +581,7 @@ unsafe fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// Exact integer `Σ scale·q·a` over elements `64j..64j+64` of a Q4_K super-block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_pair_sum(bx: &BlockQ4K, by: &BlockQ8K, sc: &[u8; 8], j: usize) -> i32 {
+pub(super) unsafe fn q4k_pair_sum(bx: &BlockQ4K, by: &BlockQ8K, sc: &[u8; 8], j: usize) -> i32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let q4 = load32(arr32(&bx.qs, 32 * j));
     let lo = _mm256_and_si256(q4, m4);
@@ -576,7 +596,7 @@ unsafe fn q4k_pair_sum(bx: &BlockQ4K, by: &BlockQ8K, sc: &[u8; 8], j: usize) -> 
 /// Horizontal sum of 8 × i32 (exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
+pub(super) unsafe fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_hadd_epi32(s, s);
     let s = _mm_hadd_epi32(s, s);
@@ -662,7 +682,7 @@ unsafe fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// minus `32·Σ bsum·scale` over the 16-element groups `2l, 2l+1`. Their sum is the exact dot.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6k_lanes(bx: &BlockQ6K, by: &BlockQ8K) -> __m256i {
+pub(super) unsafe fn q6k_lanes(bx: &BlockQ6K, by: &BlockQ8K) -> __m256i {
     let m4 = _mm256_set1_epi8(0x0F);
     let m2 = _mm256_set1_epi8(0x03);
     let mut sumi = _mm256_setzero_si256();
