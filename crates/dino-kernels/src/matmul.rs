@@ -65,10 +65,13 @@ impl<'a> QMatrix<'a> {
     }
 }
 
-/// Reusable buffer for quantized activations (grows once, then reused).
+/// Reusable buffers for quantized activations (grow once, then reused): one per activation
+/// type a fused group of matrices needs.
 #[derive(Default, Debug)]
 pub struct MatmulScratch {
-    act: Vec<u8>,
+    act: [Vec<u8>; 2],
+    /// `[n_tokens, n_in]` normalized input rows (fused RMSNorm).
+    xn: Vec<f32>,
 }
 
 impl MatmulScratch {
@@ -76,10 +79,35 @@ impl MatmulScratch {
     pub fn reserve(&mut self, n_tokens: usize, n_in: usize) {
         // F32 activation rows are the largest encoding.
         let need = n_tokens * n_in * 4;
-        if self.act.len() < need {
-            self.act.resize(need, 0);
+        for a in &mut self.act {
+            if a.len() < need {
+                a.resize(need, 0);
+            }
+        }
+        if self.xn.len() < n_tokens * n_in {
+            self.xn.resize(n_tokens * n_in, 0.0);
         }
     }
+}
+
+/// RMSNorm applied to the input rows before they are quantized, in the same pass.
+#[derive(Clone, Copy, Debug)]
+pub struct PreNorm<'a> {
+    /// `[n_in]` gain.
+    pub weight: &'a [f32],
+    pub eps: f32,
+}
+
+/// What happens to the products before they are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// Each matrix writes its own output.
+    Store,
+    /// Each matrix adds its products to its output (`out += w·x`: the residual add).
+    Accumulate,
+    /// Exactly two matrices, gate and up: `out_gate = silu(gate·x) * (up·x)`; `out_up` is
+    /// untouched (may be empty).
+    SwiGlu,
 }
 
 /// `out[t, r] = Σ_k w[r, k] · x[t, k]` for `n_tokens` tokens.
@@ -93,85 +121,282 @@ pub fn matmul(
     out: &mut [f32],
     scratch: &mut MatmulScratch,
 ) {
+    matmul_fused(
+        pool,
+        &mut [(w, out)],
+        x,
+        n_tokens,
+        None,
+        Epilogue::Store,
+        scratch,
+    );
+}
+
+/// Several matrices reading the same input (Q/K/V, gate/up) in one pass: the input is
+/// normalized (optionally) and quantized once per activation type, then one pool launch
+/// computes every matrix's outputs. Each output equals what [`matmul`] gives on its own.
+///
+/// `x`: `[n_tokens, n_in]`; each output `[n_tokens, n_out]` of its matrix. With `norm`, each
+/// input row is normalized (as `ops::rmsnorm`) right before it is quantized.
+pub fn matmul_fused(
+    pool: &ThreadPool,
+    mats: &mut [(&QMatrix, &mut [f32])],
+    x: &[f32],
+    n_tokens: usize,
+    norm: Option<PreNorm>,
+    epilogue: Epilogue,
+    scratch: &mut MatmulScratch,
+) {
+    assert!(!mats.is_empty(), "matmul: no matrices");
+    let n_in = mats[0].0.n_in;
     assert_eq!(
         x.len(),
-        n_tokens * w.n_in,
+        n_tokens * n_in,
         "matmul: x is not [n_tokens, n_in]"
     );
-    assert_eq!(
-        out.len(),
-        n_tokens * w.n_out,
-        "matmul: out is not [n_tokens, n_out]"
+    if epilogue == Epilogue::SwiGlu {
+        assert!(
+            mats.len() == 2 && mats[0].0.n_out == mats[1].0.n_out,
+            "matmul: SwiGLU needs gate and up of one shape"
+        );
+    }
+    for (w, out) in mats.iter() {
+        assert_eq!(w.n_in, n_in, "matmul: matrices read different input widths");
+        let n_out = if epilogue == Epilogue::SwiGlu {
+            mats[0].0.n_out
+        } else {
+            w.n_out
+        };
+        assert!(
+            out.len() == n_tokens * n_out || (epilogue == Epilogue::SwiGlu && out.is_empty()),
+            "matmul: out is not [n_tokens, n_out]"
+        );
+    }
+    // The activation types needed (at most two distinct ones in one fused group).
+    let mut act_types: [Option<GgmlType>; 2] = [None, None];
+    let mut slot = [0usize; 4];
+    assert!(
+        mats.len() <= slot.len(),
+        "matmul: at most 4 matrices per fused group"
     );
-    let k: &TypeKernels = dispatch::kernels(w.ty).expect("QMatrix::new checked the type");
-    let act_row = k
-        .act_type
-        .row_size(w.n_in as u64)
-        .expect("activation type shares the weight block size") as usize;
-    scratch.reserve(n_tokens, w.n_in);
-    let act = &mut scratch.act[..act_row * n_tokens];
-    // [n_tokens, act_row] bytes
+    for (i, (w, _)) in mats.iter().enumerate() {
+        let at = kernels_of(w).act_type;
+        slot[i] = match act_types.iter().position(|a| *a == Some(at)) {
+            Some(p) => p,
+            None => {
+                let p = act_types
+                    .iter()
+                    .position(|a| a.is_none())
+                    .expect("matmul: at most two activation types per fused group");
+                act_types[p] = Some(at);
+                p
+            }
+        };
+    }
+    scratch.reserve(n_tokens, n_in);
+    let quantizers: [Option<Quantizer>; 2] = std::array::from_fn(|p| {
+        let at = act_types[p]?;
+        let i = slot.iter().take(mats.len()).position(|&s| s == p)?;
+        let row = at
+            .row_size(n_in as u64)
+            .expect("activation type shares the block size");
+        Some((kernels_of(mats[i].0).quantize_act, row as usize))
+    });
     {
-        let pa = SharedMut::new(act);
-        let n_in = w.n_in;
-        pool.for_chunks(n_tokens, 8, &|r| {
+        let [a0, a1] = &mut scratch.act;
+        let pa = [SharedMut::new(a0), SharedMut::new(a1)];
+        let pxn = SharedMut::new(&mut scratch.xn);
+        pool.for_chunks(n_tokens, 4, &|r| {
             for t in r {
-                // SAFETY: each token's activation row is written by exactly one chunk.
-                let dst = unsafe { pa.slice(t * act_row, act_row) };
-                (k.quantize_act)(&x[t * n_in..(t + 1) * n_in], dst);
+                let mut xr = &x[t * n_in..(t + 1) * n_in];
+                if let Some(nm) = norm {
+                    // SAFETY: token t's normalized row belongs to this chunk only.
+                    let xn = unsafe { pxn.slice(t * n_in, n_in) };
+                    crate::ops::rmsnorm(xr, nm.weight, nm.eps, xn);
+                    xr = xn;
+                }
+                for (p, q) in quantizers.iter().enumerate() {
+                    if let Some((quantize, row)) = q {
+                        // SAFETY: token t's activation rows belong to this chunk only.
+                        let dst = unsafe { pa[p].slice(t * row, *row) };
+                        quantize(xr, dst);
+                    }
+                }
             }
         });
     }
-    let act = &*act;
-    // The leading tokens llama.cpp's x86 build computes with a batched kernel take that
-    // kernel's float order (see `TypeKernels::batch`), the rest the per-row order.
-    let (n_gemm, gemm) = match k.batch {
-        Some(b) => (b.rule.tokens(n_tokens), (b.dot, b.tile)),
-        None => (0, (k.vec_dot, k.tile)),
+    let acts: [&[u8]; 2] = [&scratch.act[0], &scratch.act[1]];
+    run_products(pool, mats, n_tokens, &acts, &slot, &quantizers, epilogue);
+}
+
+/// An activation quantizer and the bytes of one quantized row.
+type Quantizer = (fn(&[f32], &mut [u8]), usize);
+
+fn kernels_of(w: &QMatrix) -> &'static TypeKernels {
+    dispatch::kernels(w.ty).expect("QMatrix::new checked the type")
+}
+
+/// The product pass of [`matmul_fused`]: work items are (matrix, row chunk, token block).
+fn run_products(
+    pool: &ThreadPool,
+    mats: &mut [(&QMatrix, &mut [f32])],
+    n_tokens: usize,
+    acts: &[&[u8]; 2],
+    slot: &[usize; 4],
+    quantizers: &[Option<Quantizer>; 2],
+    epilogue: Epilogue,
+) {
+    struct Job<'a> {
+        w: QMatrix<'a>,
+        k: &'static TypeKernels,
+        out: SharedMut<f32>,
+        act: &'a [u8],
+        act_row: usize,
+        /// Items before this job's first.
+        first_item: usize,
+    }
+    let n_threads = pool.n_threads();
+    let row_chunk = |n_out: usize| {
+        if n_tokens == 1 {
+            // Enough chunks to balance the threads, few enough to keep claims cheap.
+            (n_out / (n_threads * 16)).clamp(8, ROW_CHUNK_MAX) / 8 * 8
+        } else {
+            ROW_CHUNK_MAX
+        }
     };
-    let per_row = (k.vec_dot, k.tile);
-    // Work items: (row chunk, token block); a token block never straddles `n_gemm`.
-    let n_out = w.n_out;
-    let row_chunk = if n_tokens == 1 {
-        // Enough chunks to balance the threads, few enough to keep claims cheap.
-        (n_out / (pool.n_threads() * 16)).clamp(8, ROW_CHUNK_MAX) / 8 * 8
-    } else {
-        ROW_CHUNK_MAX
-    };
-    let n_row_chunks = n_out.div_ceil(row_chunk);
-    let tok_blocks = token_blocks(n_tokens, n_gemm);
+    let swiglu = epilogue == Epilogue::SwiGlu;
+    let mut jobs: [Option<Job>; 4] = [None, None, None, None];
+    let mut n_items_per_tb = 0;
+    for (i, (w, out)) in mats.iter_mut().enumerate() {
+        let (_, act_row) = quantizers[slot[i]].expect("activation quantized");
+        let rc = row_chunk(w.n_out);
+        let n_row_chunks = w.n_out.div_ceil(rc);
+        jobs[i] = Some(Job {
+            w: **w,
+            k: kernels_of(w),
+            out: SharedMut::new(out),
+            act: &acts[slot[i]][..act_row * n_tokens],
+            act_row,
+            first_item: n_items_per_tb,
+        });
+        // With SwiGLU one item computes gate and up together: only the gate's items count.
+        if !swiglu || i == 0 {
+            n_items_per_tb += n_row_chunks;
+        }
+    }
+    let jobs = &jobs;
+    let n_mats = mats.len();
+    // The token blocks: the batched-kernel rule is per type, so split at every job's n_gemm.
+    let n_gemm_of = |j: &Job| j.k.batch.map_or(0, |b| b.rule.tokens(n_tokens));
+    let n_gemm = jobs[0].as_ref().map_or(0, n_gemm_of);
+    let uniform = jobs.iter().flatten().all(|j| n_gemm_of(j) == n_gemm);
+    // Mixed batch rules in one group are rare: fall back to per-matrix token blocks aligned to
+    // every split point by using single-token blocks past the smallest split.
+    let tok_blocks = token_blocks(n_tokens, if uniform { n_gemm } else { 0 });
+    let split_all = !uniform;
     let n_tb = tok_blocks.len;
-    let po = SharedMut::new(out);
-    let rb = w.row_bytes();
-    pool.for_chunks(n_row_chunks * n_tb, 1, &|items| {
+    pool.for_chunks(n_items_per_tb * n_tb, 1, &|items| {
         let mut buf = [0f32; ROW_CHUNK_MAX * TOKEN_BLOCK];
+        let mut buf_up = [0f32; ROW_CHUNK_MAX * TOKEN_BLOCK];
         for item in items {
-            // Token block outer: consecutive items share the activation block.
-            let (tb, rc) = (item / n_row_chunks, item % n_row_chunks);
-            let (t0, t1) = tok_blocks.get(tb);
-            let r0 = rc * row_chunk;
-            let r1 = (r0 + row_chunk).min(n_out);
-            let (dot, tile_fn) = if t0 < n_gemm { gemm } else { per_row };
-            let (nr, nt) = (r1 - r0, t1 - t0);
-            let mut tile = Tile {
-                n: w.n_in,
-                w: &w.data[r0 * rb..r1 * rb],
-                n_rows: nr,
-                a: &act[t0 * act_row..t1 * act_row],
-                n_tok: nt,
-                out: &mut buf[..nr * nt],
-            };
-            match tile_fn {
-                Some(f) => f(&mut tile),
-                None => tile.by_dot(dot),
+            let (tb, mut it) = (item / n_items_per_tb, item % n_items_per_tb);
+            let mut ji = 0;
+            while ji + 1 < n_mats
+                && !(swiglu && ji == 0)
+                && it >= jobs[ji + 1].as_ref().expect("job").first_item
+            {
+                ji += 1;
             }
+            let job = jobs[ji].as_ref().expect("job");
+            it -= job.first_item;
+            let (t0, t1) = tok_blocks.get(tb);
+            let rc = row_chunk(job.w.n_out);
+            let r0 = it * rc;
+            let r1 = (r0 + rc).min(job.w.n_out);
+            let (nr, nt) = (r1 - r0, t1 - t0);
+            compute_tile(
+                job.w,
+                job.k,
+                job.act,
+                job.act_row,
+                (r0, r1),
+                (t0, t1),
+                n_tokens,
+                split_all,
+                &mut buf[..nr * nt],
+            );
+            if swiglu {
+                let up = jobs[1].as_ref().expect("up job");
+                compute_tile(
+                    up.w,
+                    up.k,
+                    up.act,
+                    up.act_row,
+                    (r0, r1),
+                    (t0, t1),
+                    n_tokens,
+                    split_all,
+                    &mut buf_up[..nr * nt],
+                );
+                crate::ops::swiglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
+            }
+            let n_out = job.w.n_out;
             for t in 0..nt {
-                // SAFETY: outputs (t0 + t, r0..r1) belong to this work item only.
-                let dst = unsafe { po.slice((t0 + t) * n_out + r0, nr) };
-                dst.copy_from_slice(&buf[t * nr..(t + 1) * nr]);
+                // SAFETY: outputs (t0 + t, r0..r1) of this matrix belong to this item only.
+                let dst = unsafe { job.out.slice((t0 + t) * n_out + r0, nr) };
+                let src = &buf[t * nr..(t + 1) * nr];
+                if epilogue == Epilogue::Accumulate {
+                    crate::ops::add_assign(dst, src);
+                } else {
+                    dst.copy_from_slice(src);
+                }
             }
         }
     });
+}
+
+/// Outputs `rows` × `toks` of one matrix into `buf` (`[n_toks, n_rows]`), each token with the
+/// kernel llama.cpp's x86 build would use for it (see `TypeKernels::batch`).
+#[allow(clippy::too_many_arguments)]
+fn compute_tile(
+    w: QMatrix,
+    k: &TypeKernels,
+    act: &[u8],
+    act_row: usize,
+    (r0, r1): (usize, usize),
+    (t0, t1): (usize, usize),
+    n_tokens: usize,
+    split_all: bool,
+    buf: &mut [f32],
+) {
+    let rb = w.row_bytes();
+    let nr = r1 - r0;
+    let n_gemm = k.batch.map_or(0, |b| b.rule.tokens(n_tokens));
+    let run = |a: usize, b: usize, use_batch: bool, buf: &mut [f32]| {
+        let (dot, tile_fn) = match (use_batch, k.batch) {
+            (true, Some(bd)) => (bd.dot, bd.tile),
+            _ => (k.vec_dot, k.tile),
+        };
+        let mut tile = Tile {
+            n: w.n_in,
+            w: &w.data[r0 * rb..r1 * rb],
+            n_rows: nr,
+            a: &act[a * act_row..b * act_row],
+            n_tok: b - a,
+            out: buf,
+        };
+        match tile_fn {
+            Some(f) => f(&mut tile),
+            None => tile.by_dot(dot),
+        }
+    };
+    if !split_all || n_gemm <= t0 || n_gemm >= t1 {
+        run(t0, t1, t0 < n_gemm, buf);
+    } else {
+        let (lo, hi) = buf.split_at_mut((n_gemm - t0) * nr);
+        run(t0, n_gemm, true, lo);
+        run(n_gemm, t1, false, hi);
+    }
 }
 
 /// Largest row chunk of one work item.
@@ -219,7 +444,7 @@ pub fn dequantize_row(w: &QMatrix, r: usize, dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant;
+    use crate::{ops, quant};
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed
@@ -267,6 +492,89 @@ mod tests {
                         assert!((got - want).abs() < 0.15, "{ty} t{t} r{r}: {got} vs {want}");
                     }
                 }
+            }
+        }
+    }
+
+    /// Fused groups (shared quantization, RMSNorm, SwiGLU epilogue) give exactly the outputs
+    /// of separate `ops::rmsnorm` + `matmul` + `ops::swiglu` calls.
+    #[test]
+    fn fused_groups_equal_separate_calls() {
+        let pool = ThreadPool::new(2);
+        let mut seed = 7u64;
+        let (n_in, n_out) = (256usize, 72usize);
+        let mk = |ty: GgmlType, seed: &mut u64| {
+            let wf: Vec<f32> = (0..n_in * n_out).map(|_| lcg(seed)).collect();
+            let mut wq = vec![0u8; ty.row_size((n_in * n_out) as u64).unwrap() as usize];
+            quant::quantize_row(ty, &wf, &mut wq).unwrap();
+            wq
+        };
+        // Two activation types in one group (Q8_0 and Q8_K), batched rules, odd token counts.
+        for tys in [
+            [GgmlType::Q4_0, GgmlType::Q4_0],
+            [GgmlType::Q4_K, GgmlType::Q6_K],
+            [GgmlType::Q8_0, GgmlType::Q4_K],
+            [GgmlType::F16, GgmlType::Q4_1],
+        ] {
+            let data: Vec<Vec<u8>> = tys.iter().map(|&t| mk(t, &mut seed)).collect();
+            let m: Vec<QMatrix> = (0..2)
+                .map(|i| QMatrix::new("w", &data[i], tys[i], n_in, n_out).unwrap())
+                .collect();
+            let g: Vec<f32> = (0..n_in).map(|_| 1.0 + 0.5 * lcg(&mut seed)).collect();
+            for n_tokens in [1usize, 5, 9, 70] {
+                let x: Vec<f32> = (0..n_tokens * n_in).map(|_| 3.0 * lcg(&mut seed)).collect();
+                let mut xn = vec![0f32; x.len()];
+                for t in 0..n_tokens {
+                    let r = t * n_in..(t + 1) * n_in;
+                    ops::rmsnorm(&x[r.clone()], &g, 1e-5, &mut xn[r]);
+                }
+                let mut sc = MatmulScratch::default();
+                let mut want = [vec![0f32; n_tokens * n_out], vec![0f32; n_tokens * n_out]];
+                for i in 0..2 {
+                    matmul(&pool, &m[i], &xn, n_tokens, &mut want[i], &mut sc);
+                }
+                let (mut a, mut b) = (vec![0f32; n_tokens * n_out], vec![0f32; n_tokens * n_out]);
+                let norm = Some(PreNorm {
+                    weight: &g,
+                    eps: 1e-5,
+                });
+                matmul_fused(
+                    &pool,
+                    &mut [(&m[0], &mut a), (&m[1], &mut b)],
+                    &x,
+                    n_tokens,
+                    norm,
+                    Epilogue::Store,
+                    &mut sc,
+                );
+                assert_eq!(a, want[0], "{tys:?} n_tokens {n_tokens}");
+                assert_eq!(b, want[1], "{tys:?} n_tokens {n_tokens}");
+                let mut s = vec![0f32; n_tokens * n_out];
+                matmul_fused(
+                    &pool,
+                    &mut [(&m[0], &mut s), (&m[1], &mut [])],
+                    &x,
+                    n_tokens,
+                    norm,
+                    Epilogue::SwiGlu,
+                    &mut sc,
+                );
+                let [w0, w1] = &mut want;
+                ops::swiglu(w0, w1);
+                assert_eq!(s, want[0], "{tys:?} swiglu n_tokens {n_tokens}");
+                let mut acc = x[..n_tokens * n_out].to_vec();
+                matmul_fused(
+                    &pool,
+                    &mut [(&m[1], &mut acc)],
+                    &xn,
+                    n_tokens,
+                    None,
+                    Epilogue::Accumulate,
+                    &mut sc,
+                );
+                let mut want_acc = x[..n_tokens * n_out].to_vec();
+                ops::add_assign(&mut want_acc, &want[1]);
+                assert_eq!(acc, want_acc, "{tys:?} accumulate n_tokens {n_tokens}");
             }
         }
     }

@@ -13,7 +13,7 @@ use super::weights::{TensorLoader, Weight};
 use crate::{Batch, HParams, KvCache, KvShape, LoadOptions, Logits, Model, ModelInfo};
 use dino_core::{Error, Result};
 use dino_formats::gguf::GgufFile;
-use dino_kernels::matmul::{self, MatmulScratch};
+use dino_kernels::matmul::{self, Epilogue, MatmulScratch, PreNorm};
 use dino_kernels::ops::{self, AttnShape, RopeParams, RopeStyle};
 use dino_kernels::pool::{SharedMut, ThreadPool};
 use std::sync::{Arc, Mutex};
@@ -46,14 +46,11 @@ struct Layer {
 struct Workspace {
     cap: usize,
     x: Vec<f32>,     // [n, n_embd]
-    xn: Vec<f32>,    // [n, n_embd]
     q: Vec<f32>,     // [n, n_head * head_dim]
     k: Vec<f32>,     // [n, n_head_kv * head_dim]
     v: Vec<f32>,     // [n, n_head_kv * head_dim]
     att: Vec<f32>,   // [n, n_head * head_dim]
-    o: Vec<f32>,     // [n, n_embd]
-    gate: Vec<f32>,  // [n, n_ff]
-    up: Vec<f32>,    // [n, n_ff]
+    gate: Vec<f32>,  // [n, n_ff]: silu(gate) * up
     out_x: Vec<f32>, // [n_out, n_embd]
     rope: Vec<f32>,  // [rope_dims]
     mm: MatmulScratch,
@@ -66,14 +63,11 @@ impl Workspace {
         }
         let r = |v: &mut Vec<f32>, len: usize| v.resize(len, 0.0);
         r(&mut self.x, n * hp.n_embd);
-        r(&mut self.xn, n * hp.n_embd);
         r(&mut self.q, n * hp.n_q_dim());
         r(&mut self.k, n * hp.n_kv_dim());
         r(&mut self.v, n * hp.n_kv_dim());
         r(&mut self.att, n * hp.n_q_dim());
-        r(&mut self.o, n * hp.n_embd);
         r(&mut self.gate, n * hp.n_ff);
-        r(&mut self.up, n * hp.n_ff);
         r(&mut self.out_x, n * hp.n_embd);
         r(&mut self.rope, hp.rope_dims);
         self.mm.reserve(n, hp.n_ff.max(hp.n_embd).max(hp.n_q_dim()));
@@ -208,14 +202,6 @@ impl Decoder {
     }
 }
 
-/// `out[t] = rmsnorm(x[t]) * w` for every row.
-fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let d = w.len();
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        ops::rmsnorm(xr, w, eps, or);
-    }
-}
-
 fn add_bias(rows: &mut [f32], bias: &Option<Vec<f32>>) {
     if let Some(b) = bias {
         for r in rows.chunks_exact_mut(b.len()) {
@@ -264,14 +250,11 @@ impl Model for Decoder {
         let ws = &mut *guard;
         ws.ensure(n, hp);
         let x = &mut ws.x[..n * e];
-        let xn = &mut ws.xn[..n * e];
         let q = &mut ws.q[..n * qd];
         let k = &mut ws.k[..n * kvd];
         let v = &mut ws.v[..n * kvd];
         let att = &mut ws.att[..n * qd];
-        let o = &mut ws.o[..n * e];
         let gate = &mut ws.gate[..n * ff];
-        let up = &mut ws.up[..n * ff];
 
         // Embedding lookup.
         let emb = self.tok_embd.matrix();
@@ -288,11 +271,20 @@ impl Model for Decoder {
         let group = hp.n_head / hp.n_head_kv;
 
         for (il, l) in self.layers.iter().enumerate() {
-            // Attention.
-            norm_rows(x, &l.attn_norm, hp.rms_eps, xn);
-            matmul::matmul(pool, &l.wq.matrix(), xn, n, q, &mut ws.mm);
-            matmul::matmul(pool, &l.wk.matrix(), xn, n, k, &mut ws.mm);
-            matmul::matmul(pool, &l.wv.matrix(), xn, n, v, &mut ws.mm);
+            // Attention: RMSNorm, then Q, K and V from one quantized input in one pass.
+            let (wq, wk, wv) = (l.wq.matrix(), l.wk.matrix(), l.wv.matrix());
+            matmul::matmul_fused(
+                pool,
+                &mut [(&wq, &mut *q), (&wk, &mut *k), (&wv, &mut *v)],
+                x,
+                n,
+                Some(PreNorm {
+                    weight: &l.attn_norm,
+                    eps: hp.rms_eps,
+                }),
+                Epilogue::Store,
+                &mut ws.mm,
+            );
             add_bias(q, &l.bq);
             add_bias(k, &l.bk);
             add_bias(v, &l.bv);
@@ -339,16 +331,42 @@ impl Model for Decoder {
                     }
                 });
             }
-            matmul::matmul(pool, &l.wo.matrix(), att, n, o, &mut ws.mm);
-            ops::add_assign(x, o);
+            // x += Wo · att (the residual add fused into the product's store).
+            let wo = l.wo.matrix();
+            matmul::matmul_fused(
+                pool,
+                &mut [(&wo, &mut *x)],
+                att,
+                n,
+                None,
+                Epilogue::Accumulate,
+                &mut ws.mm,
+            );
 
-            // Feed-forward.
-            norm_rows(x, &l.ffn_norm, hp.rms_eps, xn);
-            matmul::matmul(pool, &l.w_gate.matrix(), xn, n, gate, &mut ws.mm);
-            matmul::matmul(pool, &l.w_up.matrix(), xn, n, up, &mut ws.mm);
-            ops::swiglu(gate, up);
-            matmul::matmul(pool, &l.w_down.matrix(), gate, n, o, &mut ws.mm);
-            ops::add_assign(x, o);
+            // Feed-forward: RMSNorm, gate and up in one pass ending in silu(gate) * up.
+            let (wg, wu) = (l.w_gate.matrix(), l.w_up.matrix());
+            matmul::matmul_fused(
+                pool,
+                &mut [(&wg, &mut *gate), (&wu, &mut [])],
+                x,
+                n,
+                Some(PreNorm {
+                    weight: &l.ffn_norm,
+                    eps: hp.rms_eps,
+                }),
+                Epilogue::SwiGlu,
+                &mut ws.mm,
+            );
+            let wd = l.w_down.matrix();
+            matmul::matmul_fused(
+                pool,
+                &mut [(&wd, &mut *x)],
+                gate,
+                n,
+                None,
+                Epilogue::Accumulate,
+                &mut ws.mm,
+            );
         }
 
         // Output head, only for the tokens that want logits.
