@@ -188,6 +188,81 @@ pub fn attend_head(
     }
 }
 
+/// Positions per tile of [`attend_head_f32`].
+const ATTN_TILE: usize = 64;
+
+/// Causal attention of one query head over an f32 copy of the cache (prompt batches): scores
+/// are computed a tile of 64 positions at a time, then the tile's maximum rescales the running
+/// sum and accumulator once (flash-attention style, as llama.cpp's tiled CPU path), and the
+/// value rows are accumulated with SIMD dot products and AXPYs.
+///
+/// `q`: `[head_dim]`; `k`, `v`: `[n_pos, n_head_kv * head_dim]` f32; `out`: `[head_dim]`.
+pub fn attend_head_f32(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n_pos: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    let hd = s.head_dim;
+    let row = s.n_head_kv * hd;
+    let off = kv_head * hd;
+    let dot = crate::dispatch::kernels(dino_core::GgmlType::F32)
+        .expect("F32 is always supported")
+        .vec_dot;
+    let qb = f32_bytes(q);
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    out.fill(0.0);
+    let mut scores = [0f32; ATTN_TILE];
+    let mut p0 = 0;
+    while p0 < n_pos {
+        let p1 = (p0 + ATTN_TILE).min(n_pos);
+        let sc = &mut scores[..p1 - p0];
+        let mut tile_max = f32::NEG_INFINITY;
+        for (i, sv) in sc.iter_mut().enumerate() {
+            let p = p0 + i;
+            *sv = dot(hd, f32_bytes(&k[p * row + off..p * row + off + hd]), qb) * s.scale;
+            tile_max = tile_max.max(*sv);
+        }
+        if tile_max > max {
+            let c = (max - tile_max).exp();
+            sum *= c;
+            for o in out.iter_mut() {
+                *o *= c;
+            }
+            max = tile_max;
+        }
+        for (i, &sv) in sc.iter().enumerate() {
+            let p = p0 + i;
+            let w = (sv - max).exp();
+            sum += w;
+            axpy(out, w, &v[p * row + off..p * row + off + hd]);
+        }
+        p0 = p1;
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// `y += a * x` (vectorized by the compiler: no reduction).
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// The bytes of an f32 slice (the kernel tables take raw little-endian rows).
+fn f32_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: any initialized f32 is 4 initialized bytes, u8 has alignment 1, and the length
+    // covers exactly the same memory; x86-64 and aarch64 are little-endian as the rows require.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), std::mem::size_of_val(x)) }
+}
+
 /// Attention of one query head for batches under 64 tokens (decode included), with llama.cpp's CPU flash-attention
 /// numerics for an F16 cache: the query is rounded to f16, scores are f16·f16 dot products
 /// accumulated in f32, and the value accumulator is kept in f16 (each update rounded), with
@@ -283,6 +358,44 @@ pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiled_f32_attention_matches_the_online_form() {
+        let sh = AttnShape {
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 64,
+            scale: 0.125,
+        };
+        let row = sh.n_head_kv * sh.head_dim;
+        for n_pos in [1usize, 63, 64, 65, 200] {
+            let kf: Vec<f32> = (0..n_pos * row)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+                .collect();
+            let vf: Vec<f32> = (0..n_pos * row)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 7.0)
+                .collect();
+            let kh: Vec<f16> = kf.iter().map(|&x| f16::from_f32(x)).collect();
+            let vh: Vec<f16> = vf.iter().map(|&x| f16::from_f32(x)).collect();
+            let (kr, vr): (Vec<f32>, Vec<f32>) = (
+                kh.iter().map(|x| x.to_f32()).collect(),
+                vh.iter().map(|x| x.to_f32()).collect(),
+            );
+            let q: Vec<f32> = (0..64).map(|i| (i as f32 * 0.3).cos()).collect();
+            for kv_head in 0..2 {
+                let mut a = vec![0f32; 64];
+                let mut b = vec![0f32; 64];
+                attend_head(&q, &kh, &vh, n_pos, kv_head, &sh, &mut a);
+                attend_head_f32(&q, &kr, &vr, n_pos, kv_head, &sh, &mut b);
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
+                        "n_pos {n_pos}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn rmsnorm_unit_rms() {

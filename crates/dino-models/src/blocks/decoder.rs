@@ -52,6 +52,8 @@ struct Workspace {
     att: Vec<f32>,   // [n, n_head * head_dim]
     gate: Vec<f32>,  // [n, n_ff]: silu(gate) * up
     out_x: Vec<f32>, // [n_out, n_embd]
+    kf: Vec<f32>,    // [n_pos, n_head_kv * head_dim]: f32 copy of one sequence's K (prompt batches)
+    vf: Vec<f32>,    // [n_pos, n_head_kv * head_dim]: same for V
     rope: Vec<f32>,  // [rope_dims]
     mm: MatmulScratch,
 }
@@ -306,7 +308,28 @@ impl Model for Decoder {
                 let q = &*q;
                 let pa = SharedMut::new(att);
                 // Like llama.cpp's CPU flash attention: batches under 64 query tokens take
-                // its f16 one-chunk path, larger ones its f32 tiled path.
+                // its f16 one-chunk path, larger ones its f32 tiled path. A single-sequence
+                // prompt batch converts the cache rows it reads to f32 once per layer.
+                let single_seq = batch.seq.iter().all(|&s| s == batch.seq[0]);
+                let n_pos = batch.pos.iter().max().map_or(0, |&p| p as usize + 1);
+                let f32_path = n >= 64 && single_seq;
+                if f32_path {
+                    let (kc, vc) = kv.seq_layer(il, batch.seq[0] as usize);
+                    let len = n_pos * kvd;
+                    if ws.kf.len() < len {
+                        ws.kf.resize(len, 0.0);
+                        ws.vf.resize(len, 0.0);
+                    }
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
+                        &kc[..len],
+                        &mut ws.kf[..len],
+                    );
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
+                        &vc[..len],
+                        &mut ws.vf[..len],
+                    );
+                }
+                let (kf, vf) = (&ws.kf[..], &ws.vf[..]);
                 let attend = if n < 64 {
                     ops::attend_head_decode
                 } else {
@@ -319,6 +342,18 @@ impl Model for Decoder {
                         let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
                         // SAFETY: each (token, head) output slice is written by one item only.
                         let dst = unsafe { pa.slice(t * qd + h * hd, hd) };
+                        if f32_path {
+                            ops::attend_head_f32(
+                                &q[t * qd + h * hd..t * qd + (h + 1) * hd],
+                                kf,
+                                vf,
+                                batch.pos[t] as usize + 1,
+                                h / group,
+                                &shape,
+                                dst,
+                            );
+                            continue;
+                        }
                         attend(
                             &q[t * qd + h * hd..t * qd + (h + 1) * hd],
                             kc,
