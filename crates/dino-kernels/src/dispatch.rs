@@ -209,6 +209,32 @@ pub fn isa() -> Isa {
     })
 }
 
+/// Kernels that are not per weight type.
+#[derive(Clone, Copy, Debug)]
+pub struct OpKernels {
+    /// Decode attention with llama.cpp's f16 arithmetic (`ops::attend_head_decode`).
+    pub attend_decode: crate::ops::AttendFn,
+}
+
+/// The op kernels of the level in use.
+pub fn op_kernels() -> &'static OpKernels {
+    op_kernels_for(isa()).expect("the detected level is available")
+}
+
+/// The op kernels of a level, or `None` if this CPU cannot run it.
+pub fn op_kernels_for(isa: Isa) -> Option<&'static OpKernels> {
+    static SCALAR: OpKernels = OpKernels {
+        attend_decode: crate::ops::attend_head_decode_scalar,
+    };
+    match isa {
+        Isa::Scalar => Some(&SCALAR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => crate::x86::avx2_op_kernels(),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 | Isa::Avx512 => None,
+    }
+}
+
 /// The kernel table of weight type `t` for the level in use, or `None` if Dino cannot compute
 /// with `t`.
 pub fn kernels(t: GgmlType) -> Option<&'static TypeKernels> {

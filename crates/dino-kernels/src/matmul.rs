@@ -296,63 +296,73 @@ fn run_products(
     let split_all = !uniform;
     let n_tb = tok_blocks.len;
     pool.for_chunks(n_items_per_tb * n_tb, 1, &|items| {
-        let mut buf = [0f32; ROW_CHUNK_MAX * TOKEN_BLOCK];
-        let mut buf_up = [0f32; ROW_CHUNK_MAX * TOKEN_BLOCK];
-        for item in items {
-            let (tb, mut it) = (item / n_items_per_tb, item % n_items_per_tb);
-            let mut ji = 0;
-            while ji + 1 < n_mats
-                && !(swiglu && ji == 0)
-                && it >= jobs[ji + 1].as_ref().expect("job").first_item
-            {
-                ji += 1;
-            }
-            let job = jobs[ji].as_ref().expect("job");
-            it -= job.first_item;
-            let (t0, t1) = tok_blocks.get(tb);
-            let rc = row_chunk(job.w.n_out);
-            let r0 = it * rc;
-            let r1 = (r0 + rc).min(job.w.n_out);
-            let (nr, nt) = (r1 - r0, t1 - t0);
-            compute_tile(
-                job.w,
-                job.k,
-                job.act,
-                job.act_row,
-                (r0, r1),
-                (t0, t1),
-                n_tokens,
-                split_all,
-                &mut buf[..nr * nt],
-            );
-            if swiglu {
-                let up = jobs[1].as_ref().expect("up job");
+        TILE_BUFS.with(|bufs| {
+            let (buf, buf_up) = &mut *bufs.borrow_mut();
+            for item in items {
+                let (tb, mut it) = (item / n_items_per_tb, item % n_items_per_tb);
+                let mut ji = 0;
+                while ji + 1 < n_mats
+                    && !(swiglu && ji == 0)
+                    && it >= jobs[ji + 1].as_ref().expect("job").first_item
+                {
+                    ji += 1;
+                }
+                let job = jobs[ji].as_ref().expect("job");
+                it -= job.first_item;
+                let (t0, t1) = tok_blocks.get(tb);
+                let rc = row_chunk(job.w.n_out);
+                let r0 = it * rc;
+                let r1 = (r0 + rc).min(job.w.n_out);
+                let (nr, nt) = (r1 - r0, t1 - t0);
                 compute_tile(
-                    up.w,
-                    up.k,
-                    up.act,
-                    up.act_row,
+                    job.w,
+                    job.k,
+                    job.act,
+                    job.act_row,
                     (r0, r1),
                     (t0, t1),
                     n_tokens,
                     split_all,
-                    &mut buf_up[..nr * nt],
+                    &mut buf[..nr * nt],
                 );
-                crate::ops::swiglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
-            }
-            let n_out = job.w.n_out;
-            for t in 0..nt {
-                // SAFETY: outputs (t0 + t, r0..r1) of this matrix belong to this item only.
-                let dst = unsafe { job.out.slice((t0 + t) * n_out + r0, nr) };
-                let src = &buf[t * nr..(t + 1) * nr];
-                if epilogue == Epilogue::Accumulate {
-                    crate::ops::add_assign(dst, src);
-                } else {
-                    dst.copy_from_slice(src);
+                if swiglu {
+                    let up = jobs[1].as_ref().expect("up job");
+                    compute_tile(
+                        up.w,
+                        up.k,
+                        up.act,
+                        up.act_row,
+                        (r0, r1),
+                        (t0, t1),
+                        n_tokens,
+                        split_all,
+                        &mut buf_up[..nr * nt],
+                    );
+                    crate::ops::swiglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
+                }
+                let n_out = job.w.n_out;
+                for t in 0..nt {
+                    // SAFETY: outputs (t0 + t, r0..r1) of this matrix belong to this item only.
+                    let dst = unsafe { job.out.slice((t0 + t) * n_out + r0, nr) };
+                    let src = &buf[t * nr..(t + 1) * nr];
+                    if epilogue == Epilogue::Accumulate {
+                        crate::ops::add_assign(dst, src);
+                    } else {
+                        dst.copy_from_slice(src);
+                    }
                 }
             }
-        }
+        });
     });
+}
+
+thread_local! {
+    /// Per-thread tile outputs (`[TOKEN_BLOCK, ROW_CHUNK_MAX]`, gate and up), allocated once
+    /// per thread instead of zeroed on the stack at every launch.
+    static TILE_BUFS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = std::cell::RefCell::new((
+        vec![0f32; ROW_CHUNK_MAX * TOKEN_BLOCK],
+        vec![0f32; ROW_CHUNK_MAX * TOKEN_BLOCK],
+    ));
 }
 
 /// Outputs `rows` × `toks` of one matrix into `buf` (`[n_toks, n_rows]`), each token with the

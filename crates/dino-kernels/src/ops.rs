@@ -278,6 +278,22 @@ pub fn attend_head_decode(
     s: &AttnShape,
     out: &mut [f32],
 ) {
+    (crate::dispatch::op_kernels().attend_decode)(q, k, v, n_pos, kv_head, s, out)
+}
+
+/// The decode attention signature (see [`attend_head_decode`]).
+pub type AttendFn = fn(&[f32], &[f16], &[f16], usize, usize, &AttnShape, &mut [f32]);
+
+/// Scalar twin of [`attend_head_decode`]: the reference the SIMD forms must equal bit for bit.
+pub fn attend_head_decode_scalar(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    n_pos: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
     let hd = s.head_dim;
     let row = s.n_head_kv * hd;
     let off = kv_head * hd;

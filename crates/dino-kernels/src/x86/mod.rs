@@ -1,10 +1,13 @@
 //! x86-64 SIMD kernels: the AVX2 level (`avx2.rs`), the AVX-512 level (`avx512.rs`, AVX2 plus
-//! VNNI tiles) and the tile kernels both share (`tiles.rs`).
+//! VNNI tiles) and the tile kernels both share (`tiles.rs`), and decode
+//! attention (`attn.rs`).
 
 #[macro_use]
 mod avx2;
+mod attn;
 mod avx512;
 mod tiles;
 
+pub(crate) use attn::avx2_op_kernels;
 pub(crate) use avx2::{avx2_detected, avx2_kernels};
 pub(crate) use avx512::{avx512_detected, avx512_kernels};
