@@ -12,6 +12,8 @@ use std::io::{IsTerminal, Read, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "dino",
@@ -37,6 +39,9 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity(PplArgs),
+    /// Benchmark prompt and generation speed as llama.cpp's llama-bench does, with its flags
+    /// and output formats (md, json, jsonl, csv); adds peak RSS and energy per token.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -53,6 +58,10 @@ struct ModelArgs {
     /// Lock the model's weights in RAM (mlock) so they are never paged out.
     #[arg(long = "mlock")]
     mlock: bool,
+    /// Keep weights in the file's layout instead of repacking them at load into the faster
+    /// interleaved layout of this CPU's kernels (Q4_0 with AVX-512 VNNI), e.g. to compare.
+    #[arg(long = "no-repack")]
+    no_repack: bool,
     /// Context size in tokens (default: the model's trained context, capped by free memory).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -143,12 +152,15 @@ struct PplArgs {
 }
 
 fn main() {
-    let cli = Cli::parse_from(llama_style_args(std::env::args_os()));
+    let cli = Cli::parse_from(bench::llama_bench_args(llama_style_args(
+        std::env::args_os(),
+    )));
     let r = match cli.cmd {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Pull(a) => cmd_pull(a),
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Perplexity(a) => cmd_ppl(a),
+        Cmd::Bench(a) => bench::cmd_bench(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
@@ -181,6 +193,7 @@ fn load_engine(m: &ModelArgs) -> Result<Engine> {
             threads_batch: m.threads_batch,
             warm_up: true,
             mlock: m.mlock,
+            no_repack: m.no_repack,
         },
     )
     .with_context(|| format!("loading {}", path.display()))?;

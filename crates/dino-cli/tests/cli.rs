@@ -209,3 +209,202 @@ fn pull_list_names_the_default_model() {
     assert!(o.status.success());
     assert!(out.to_lowercase().contains("smollm2"), "{out}");
 }
+
+/// A small real model (stories260K) when present, else the random tiny one.
+fn small_model() -> PathBuf {
+    dino_testutil::stories260k().unwrap_or_else(tiny_model)
+}
+
+/// `llama-bench`'s fields and JSON types (`test::get_fields`, `test::get_field_type`).
+const LLAMA_BENCH_INT: [&str; 19] = [
+    "build_number",
+    "n_batch",
+    "n_ubatch",
+    "n_threads",
+    "poll",
+    "model_size",
+    "model_n_params",
+    "n_gpu_layers",
+    "main_gpu",
+    "n_prompt",
+    "n_gen",
+    "n_depth",
+    "avg_ns",
+    "stddev_ns",
+    "no_op_offload",
+    "n_cpu_moe",
+    "fit_target",
+    "fit_min_ctx",
+    "flash_attn",
+];
+const LLAMA_BENCH_BOOL: [&str; 5] = [
+    "no_kv_offload",
+    "cpu_strict",
+    "embeddings",
+    "no_host",
+    "repack",
+];
+const LLAMA_BENCH_FLOAT: [&str; 2] = ["avg_ts", "stddev_ts"];
+const LLAMA_BENCH_STRING: [&str; 16] = [
+    "build_commit",
+    "cpu_info",
+    "gpu_info",
+    "backends",
+    "model_filename",
+    "model_type",
+    "cpu_mask",
+    "type_k",
+    "type_v",
+    "split_mode",
+    "devices",
+    "tensor_split",
+    "tensor_buft_overrides",
+    "load_mode",
+    "lazy_mode",
+    "test_time",
+];
+
+fn check_bench_object(o: &serde_json::Value) {
+    for f in LLAMA_BENCH_INT {
+        assert!(o[f].is_i64(), "{f} = {} is not an integer", o[f]);
+    }
+    for f in LLAMA_BENCH_BOOL {
+        assert!(o[f].is_boolean(), "{f} = {} is not a bool", o[f]);
+    }
+    for f in LLAMA_BENCH_FLOAT {
+        assert!(o[f].as_f64().is_some_and(|x| x >= 0.0), "{f} = {}", o[f]);
+    }
+    for f in LLAMA_BENCH_STRING {
+        assert!(o[f].is_string(), "{f} = {} is not a string", o[f]);
+    }
+    let n_fields = LLAMA_BENCH_INT.len()
+        + LLAMA_BENCH_BOOL.len()
+        + LLAMA_BENCH_FLOAT.len()
+        + LLAMA_BENCH_STRING.len();
+    let obj = o.as_object().unwrap();
+    // llama-bench's 42 fields, its two sample arrays, and Dino's three dino_* fields.
+    assert_eq!(n_fields, 42);
+    assert_eq!(obj.len(), n_fields + 2 + 3, "{:?}", obj.keys());
+    let ns = o["samples_ns"].as_array().unwrap();
+    let ts = o["samples_ts"].as_array().unwrap();
+    assert_eq!(ns.len(), 2);
+    assert_eq!(ts.len(), 2);
+    assert!(ns.iter().all(|x| x.as_u64().is_some_and(|x| x > 0)));
+    assert!(ts.iter().all(|x| x.as_f64().is_some_and(|x| x > 0.0)));
+    assert!(o["avg_ts"].as_f64().unwrap() > 0.0);
+    assert_eq!(o["backends"], "CPU");
+    assert_eq!(o["n_threads"], 1);
+    assert!(o["model_size"].as_u64().unwrap() > 0);
+    assert!(o["model_n_params"].as_u64().unwrap() > 0);
+    assert!(o["dino_peak_rss_bytes"].is_u64() || o["dino_peak_rss_bytes"].is_null());
+    assert!(o["dino_energy_j_per_token"].is_number() || o["dino_energy_j_per_token"].is_null());
+    assert!(o["dino_isa"].is_string());
+}
+
+#[test]
+fn bench_json_has_llama_bench_fields() {
+    let m = small_model();
+    let m = m.to_str().unwrap();
+    let o = dino(&[
+        "bench", "-m", m, "-p", "8", "-n", "4", "-r", "2", "-t", "1", "-o", "json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is one JSON array");
+    let tests = v.as_array().unwrap();
+    assert_eq!(tests.len(), 2, "{out}");
+    for t in tests {
+        check_bench_object(t);
+    }
+    assert_eq!(
+        (&tests[0]["n_prompt"], &tests[0]["n_gen"]),
+        (&8.into(), &0.into())
+    );
+    assert_eq!(
+        (&tests[1]["n_prompt"], &tests[1]["n_gen"]),
+        (&0.into(), &4.into())
+    );
+    assert_eq!(tests[0]["model_filename"], m);
+    // Progress on stderr; energy either measured or explained.
+    assert!(err.contains("pp8") && err.contains("tg4"), "{err}");
+    assert!(err.contains("energy: "), "{err}");
+
+    // jsonl: one object per line; -pg and -ub lists; markdown's columns.
+    let o = dino(&[
+        "bench", "-m", m, "-p", "0", "-n", "0", "-pg", "4,2", "-ub", "2,4", "-r", "2", "-t", "1",
+        "-o", "jsonl",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (l, ub) in lines.iter().zip([2, 4]) {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        check_bench_object(&v);
+        assert_eq!((&v["n_prompt"], &v["n_gen"]), (&4.into(), &2.into()));
+        assert_eq!(v["n_ubatch"], ub);
+        assert_eq!(v["repack"], true);
+    }
+    let o = dino(&[
+        "bench", "-m", m, "-p", "4", "-n", "0", "-r", "1", "-t", "1", "--repack", "0",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.starts_with("| model "), "{out}");
+    for col in [
+        "size", "params", "backend", "threads", "rpk", "test", "t/s", "peak RSS", "J/token",
+    ] {
+        assert!(out.lines().next().unwrap().contains(col), "{col}: {out}");
+    }
+    assert!(out.contains("|             pp4 |"), "{out}");
+    assert!(out.contains("\nbuild: "), "{out}");
+}
+
+#[test]
+fn bench_bad_arguments_are_clear_errors() {
+    let m = tiny_model();
+    let m = m.to_str().unwrap();
+    for (args, want) in [
+        (vec!["-t", "0"], "-t: 0 is too small"),
+        (vec!["-t", "1,0"], "-t: 0 is too small"),
+        (vec!["-p", "abc"], "-p: \"abc\" is not a whole number"),
+        (vec!["-n", "4,x"], "-n: \"x\" is not a whole number"),
+        (vec!["-pg", "512"], "-pg: expected two numbers"),
+        (vec!["-b", "0"], "-b: 0 is too small"),
+        (vec!["-r", "0"], "-r: at least 1"),
+        (vec!["--repack", "2"], "--repack: 2 is not 0 or 1"),
+        (vec!["-p", "0", "-n", "0"], "nothing to run"),
+    ] {
+        let mut a = vec!["bench", "-m", m];
+        a.extend(&args);
+        let o = dino(&a);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let o = dino(&["bench", "-m", "/no/such/model.gguf", "-p", "4"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("/no/such/model.gguf"), "{err}");
+    let o = dino(&["bench", "--help"]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    for flag in [
+        "--model",
+        "--n-prompt",
+        "--n-gen",
+        "--pg",
+        "--batch-size",
+        "--ubatch-size",
+        "--threads",
+        "--repetitions",
+        "--output",
+        "--no-warmup",
+        "--seed",
+        "--repack",
+        "RAPL",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
+    }
+}

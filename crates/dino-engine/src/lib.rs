@@ -1,6 +1,8 @@
 //! The engine: loads a model and its tokenizer, owns the KV cache, runs generation with a
 //! sampler chain, computes perplexity, and reports timings and memory.
 
+pub mod bench;
+pub mod energy;
 pub mod metrics;
 mod perplexity;
 pub mod sampler;
@@ -31,6 +33,9 @@ pub struct EngineOptions {
     pub warm_up: bool,
     /// Lock the weights in RAM (`mlock`); an error if the OS refuses.
     pub mlock: bool,
+    /// Keep weights in the file's layout (no load-time repacking into the kernels' faster
+    /// interleaved layouts, which sum in another order than llama.cpp).
+    pub no_repack: bool,
 }
 
 /// A loaded model with its tokenizer and thread pool.
@@ -76,7 +81,13 @@ impl Engine {
             opts.threads_batch
         };
         let pool = Arc::new(ThreadPool::new(threads.max(threads_batch)));
-        let model = dino_models::load(file.clone(), &LoadOptions { pool: pool.clone() })?;
+        let model = dino_models::load(
+            file.clone(),
+            &LoadOptions {
+                pool: pool.clone(),
+                no_repack: opts.no_repack,
+            },
+        )?;
         if tokenizer.n_vocab() > model.info().hparams.n_vocab {
             return Err(Error::format(
                 path.as_ref().display(),

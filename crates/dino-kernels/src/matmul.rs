@@ -19,6 +19,8 @@ pub struct QMatrix<'a> {
     pub n_in: usize,
     /// Number of rows (ggml `ne1`).
     pub n_out: usize,
+    /// `data` is in the level's repacked layout (`TypeKernels::packed`), made by [`repack`].
+    pub packed: bool,
 }
 
 impl<'a> QMatrix<'a> {
@@ -52,6 +54,7 @@ impl<'a> QMatrix<'a> {
             ty,
             n_in,
             n_out,
+            packed: false,
         })
     }
 
@@ -63,6 +66,28 @@ impl<'a> QMatrix<'a> {
         let rb = self.row_bytes();
         &self.data[r * rb..(r + 1) * rb]
     }
+}
+
+/// The repacked copy of `w` for this CPU's kernel level, or `None` when the level has no
+/// faster layout for the type (or the row count does not divide into its groups). Packing is
+/// split over the pool. The result is used as `QMatrix { data: &copy, packed: true, .. }`.
+pub fn repack(pool: &ThreadPool, w: &QMatrix) -> Option<Vec<u8>> {
+    let pk = dispatch::kernels(w.ty)?.packed?;
+    if w.packed || !w.n_out.is_multiple_of(pk.rows) {
+        return None;
+    }
+    let mut out = vec![0u8; w.data.len()];
+    let rb = w.row_bytes();
+    let group = pk.rows * rb;
+    let n_groups = w.n_out / pk.rows;
+    let po = SharedMut::new(&mut out);
+    pool.for_chunks(n_groups, 64, &|gs| {
+        let (a, b) = (gs.start * group, gs.end * group);
+        // SAFETY: each chunk writes only its own groups' bytes.
+        let dst = unsafe { po.slice(a, b - a) };
+        (pk.pack)(&w.data[a..b], w.n_in, gs.len() * pk.rows, dst);
+    });
+    Some(out)
 }
 
 /// Reusable buffers for quantized activations (grow once, then reused): one per activation
@@ -381,6 +406,19 @@ fn compute_tile(
 ) {
     let rb = w.row_bytes();
     let nr = r1 - r0;
+    if w.packed {
+        let pk = k.packed.expect("packed matrices come from `repack`");
+        debug_assert!(r0.is_multiple_of(pk.rows) && nr.is_multiple_of(pk.rows));
+        (pk.tile)(&mut Tile {
+            n: w.n_in,
+            w: &w.data[r0 * rb..r1 * rb],
+            n_rows: nr,
+            a: &act[t0 * act_row..t1 * act_row],
+            n_tok: t1 - t0,
+            out: buf,
+        });
+        return;
+    }
     let n_gemm = k.batch.map_or(0, |b| b.rule.tokens(n_tokens));
     let run = |a: usize, b: usize, use_batch: bool, buf: &mut [f32]| {
         let (dot, tile_fn) = match (use_batch, k.batch) {

@@ -485,3 +485,193 @@ fn attend_decode_simd_equals_scalar() {
         }
     }
 }
+
+/// Repacked layouts: every level's packed tile equals the scalar packed tile bit for bit, and
+/// the packed result stays within the quantized-dot tolerance of the unpacked dot product.
+#[test]
+fn packed_tiles_equal_the_scalar_layout_and_track_vec_dot() {
+    use dino_kernels::dispatch::Tile;
+    let mut rng = StdRng::seed_from_u64(46);
+    for t in SUPPORTED {
+        let Some(reference) = scalar(t).packed else {
+            continue;
+        };
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            let Some(pk) = kernels_for(isa, t).unwrap().packed else {
+                continue;
+            };
+            assert_eq!(pk.rows, reference.rows);
+            for &(nb, n_rows, n_tok) in
+                &[(1usize, 4usize, 1usize), (3, 8, 5), (7, 12, 9), (64, 4, 4)]
+            {
+                let n = nb * t.block_size();
+                let rs = t.row_size(n as u64).unwrap() as usize;
+                let mut w = vec![0u8; rs * n_rows];
+                for r in 0..n_rows {
+                    let row = if r % 2 == 0 {
+                        let mut q = vec![0u8; rs];
+                        quantize_row(t, &rand_f32(&mut rng, n, 2.0), &mut q).unwrap();
+                        q
+                    } else {
+                        hostile_row(&mut rng, t, n, 1000.0)
+                    };
+                    w[r * rs..(r + 1) * rs].copy_from_slice(&row);
+                }
+                let mut packed = vec![0u8; w.len()];
+                (reference.pack)(&w, n, n_rows, &mut packed);
+                let mut mine = vec![0u8; w.len()];
+                (pk.pack)(&w, n, n_rows, &mut mine);
+                assert_eq!(packed, mine, "{isa} {t}: pack differs");
+                let mut a = Vec::new();
+                for j in 0..n_tok {
+                    let scale = if j % 2 == 0 { 1.0 } else { 1e4 };
+                    a.extend(quantize_act_both(t, isa, &rand_f32(&mut rng, n, scale)));
+                }
+                let run = |tile: dino_kernels::dispatch::TileFn, w: &[u8]| {
+                    let mut out = vec![f32::MAX; n_rows * n_tok];
+                    tile(&mut Tile {
+                        n,
+                        w,
+                        n_rows,
+                        a: &a,
+                        n_tok,
+                        out: &mut out,
+                    });
+                    out
+                };
+                let want = run(reference.tile, &packed);
+                let got = run(pk.tile, &packed);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == e.to_bits(),
+                        "{isa} {t} packed tile output {i}: {g} vs {e}"
+                    );
+                }
+                let ab = a.len() / n_tok;
+                for tok in 0..n_tok {
+                    for r in 0..n_rows {
+                        let (wr, ar) = (&w[r * rs..(r + 1) * rs], &a[tok * ab..(tok + 1) * ab]);
+                        let d = (scalar(t).vec_dot)(n, wr, ar) as f64;
+                        let p = want[tok * n_rows + r] as f64;
+                        let tol = 1e-5 * abs_dot(t, n, wr, ar) + 1e-30;
+                        assert!((d - p).abs() <= tol, "{t} packed vs vec_dot: {p} vs {d}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The tile variants of a kernel table: (tile, the dot product it must equal, name).
+fn tile_variants(
+    k: &TypeKernels,
+) -> Vec<(
+    dino_kernels::dispatch::TileFn,
+    dino_kernels::dispatch::DotFn,
+    &'static str,
+)> {
+    let mut v = vec![];
+    if let Some(tile) = k.tile {
+        v.push((tile, k.vec_dot, "per-row"));
+    }
+    if let Some(b) = k.batch {
+        if let Some(tile) = b.tile {
+            v.push((tile, b.dot, "batched"));
+        }
+    }
+    v
+}
+
+/// Weight rows of extreme content: all bits set / clear / 0x77 with finite scales (for float
+/// types: all -1 / all 0 / all -1), huge and tiny scales.
+fn extreme_rows(rng: &mut StdRng, t: GgmlType, n: usize) -> Vec<Vec<u8>> {
+    let rs = t.row_size(n as u64).unwrap() as usize;
+    let mut rows = Vec::new();
+    for fill in [0xFFu8, 0x00, 0x77] {
+        let mut w = vec![fill; rs];
+        if t.block_size() == 1 {
+            quantize_row(t, &vec![if fill == 0 { 0.0 } else { -1.0 }; n], &mut w).unwrap();
+        } else {
+            for blk in w.chunks_exact_mut(t.type_size()) {
+                for &off in f16_fields(t) {
+                    blk[off..off + 2].copy_from_slice(&f16_to_le(1.5));
+                }
+            }
+        }
+        rows.push(w);
+    }
+    rows.push(hostile_row(rng, t, n, 60000.0));
+    rows.push(hostile_row(rng, t, n, 2f32.powi(-13)));
+    rows
+}
+
+/// Activations of extreme content: all max, all min, zeros, alternating huge/small, tiny, an
+/// integer ramp.
+fn extreme_acts(rng: &mut StdRng, n: usize) -> Vec<Vec<f32>> {
+    vec![
+        vec![1e4; n],
+        vec![-1e4; n],
+        vec![0.0; n],
+        (0..n)
+            .map(|i| if i % 2 == 0 { 1e4 } else { -1e-4 })
+            .collect(),
+        rand_f32(rng, n, 1e-20),
+        (0..n).map(|i| (i % 255) as f32 - 127.0).collect(),
+    ]
+}
+
+/// Every tile kernel equals its dot product bit for bit on the cases the shape test leaves out:
+/// float rows whose length exercises the 8-element steps, the scalar tail and several
+/// chain-pass blocks, and for every type a tile of extreme rows × extreme activations.
+#[test]
+fn tile_kernels_equal_their_dot_products_on_tails_and_extremes() {
+    let mut rng = StdRng::seed_from_u64(46);
+    let mut checked = 0;
+    for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+        for t in SUPPORTED {
+            let k = kernels_for(isa, t).unwrap();
+            for (tile, dot, kind) in tile_variants(k) {
+                let lengths: &[usize] = if t.block_size() == 1 {
+                    &[1, 7, 8, 31, 33, 100, 517, 1000, 1100, 2085]
+                } else {
+                    &[]
+                };
+                for &n in lengths {
+                    for &(n_rows, n_tok) in &[(9, 7), (4, 1), (13, 5), (8, 12)] {
+                        let rs = t.row_size(n as u64).unwrap() as usize;
+                        let mut w = Vec::with_capacity(rs * n_rows);
+                        for r in 0..n_rows {
+                            if r % 2 == 0 {
+                                let mut q = vec![0u8; rs];
+                                quantize_row(t, &rand_f32(&mut rng, n, 2.0), &mut q).unwrap();
+                                w.extend(q);
+                            } else {
+                                w.extend(hostile_row(&mut rng, t, n, 1.0));
+                            }
+                        }
+                        let mut a = Vec::new();
+                        for _ in 0..n_tok {
+                            a.extend(quantize_act_both(t, isa, &rand_f32(&mut rng, n, 3.0)));
+                        }
+                        check_tile(t, isa, tile, dot, (n, n_rows, n_tok), &w, &a, kind);
+                        checked += 1;
+                    }
+                }
+                let bs = t.block_size().max(32);
+                for n in [bs, 3 * bs] {
+                    let w: Vec<u8> = extreme_rows(&mut rng, t, n).concat();
+                    let acts = extreme_acts(&mut rng, n);
+                    let a: Vec<u8> = acts
+                        .iter()
+                        .flat_map(|x| quantize_act_both(t, isa, x))
+                        .collect();
+                    let n_rows = w.len() / t.row_size(n as u64).unwrap() as usize;
+                    let what = format!("{kind}, extremes");
+                    check_tile(t, isa, tile, dot, (n, n_rows, acts.len()), &w, &a, &what);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{checked} tiles checked");
+}

@@ -11,13 +11,7 @@ fn main() {
     let f = Arc::new(GgufFile::open(&args[1]).unwrap());
     let n: usize = args[2].parse().unwrap();
     let ids: Vec<u32> = args[3..].iter().map(|s| s.parse().unwrap()).collect();
-    let m = load(
-        f,
-        &LoadOptions {
-            pool: Arc::new(ThreadPool::new(2)),
-        },
-    )
-    .unwrap();
+    let m = load(f, &LoadOptions::new(Arc::new(ThreadPool::new(2)))).unwrap();
     let mut kv = KvCache::new(m.kv_shape(), 1024, 1).unwrap();
     let mut out = Logits::default();
     m.forward(&Batch::from_tokens(&ids, 0, 0, false), &mut kv, &mut out)

@@ -10,6 +10,18 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct LoadOptions {
     pub pool: Arc<ThreadPool>,
+    /// Keep weights in the file's layout even where the kernel level has a faster repacked
+    /// one (repacking changes float summation order; see `dino_kernels::matmul::repack`).
+    pub no_repack: bool,
+}
+
+impl LoadOptions {
+    pub fn new(pool: Arc<ThreadPool>) -> Self {
+        LoadOptions {
+            pool,
+            no_repack: false,
+        }
+    }
 }
 
 type Loader = fn(Arc<GgufFile>, &LoadOptions) -> Result<Box<dyn Model>>;

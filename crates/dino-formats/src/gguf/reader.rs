@@ -100,6 +100,32 @@ impl GgufFile {
         Ok(())
     }
 
+    /// Let the OS drop this process's resident pages of tensor data at `offset..offset+len`
+    /// (relative to the data section), after a repacked copy replaced them: the file stays
+    /// mapped and the pages are read again from the page cache if touched. Best effort.
+    pub fn release_range(&self, offset: u64, len: u64) -> Result<()> {
+        #[cfg(unix)]
+        if let Backing::Mmap(m) = &self.data {
+            let page = 4096u64;
+            let start = (self.data_offset + offset).div_ceil(page) * page;
+            let end = ((self.data_offset + offset + len) / page * page).min(m.len() as u64);
+            if end > start {
+                // SAFETY: the mapping is private and read-only, so MADV_DONTNEED loses no data:
+                // the pages are re-read from the file if accessed again. No reference into the
+                // range is invalidated (the bytes do not change).
+                unsafe {
+                    m.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start as usize,
+                        (end - start) as usize,
+                    )
+                }
+                .map_err(|e| Error::io(self.path.display().to_string(), e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Lock the mapping in RAM (`mlock`), so weights are never paged out. Fails with the OS
     /// error (typically `RLIMIT_MEMLOCK`) when the lock is not allowed.
     pub fn lock_in_memory(&self) -> Result<()> {

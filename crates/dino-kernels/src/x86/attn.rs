@@ -11,9 +11,7 @@ use crate::ops::AttnShape;
 use half::f16;
 
 pub(crate) fn avx2_op_kernels() -> Option<&'static OpKernels> {
-    static K: OpKernels = OpKernels {
-        attend_decode: attend_decode,
-    };
+    static K: OpKernels = OpKernels { attend_decode };
     avx2_detected().then_some(&K)
 }
 

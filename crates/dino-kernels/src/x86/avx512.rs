@@ -31,7 +31,10 @@ pub(crate) fn avx512_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     if !avx512_detected() {
         return None;
     }
-    table!(KQ4_0: dot_q4_0, quant_q8_0, l::dequantize_q4_0, Q8_0, tile: vnni_q4_0);
+    table!(KQ4_0: dot_q4_0, quant_q8_0, l::dequantize_q4_0, Q8_0, tile: vnni_q4_0, packed: crate::dispatch::PackedKernels {
+        tile: super::packed::tile_q4_0x4,
+        ..crate::dispatch::Q4_0X4_SCALAR
+    });
     table!(KQ4_1: dot_q4_1, quant_q8_1, l::dequantize_q4_1, Q8_1, tile: vnni_q4_1);
     table!(KQ5_0: dot_q5_0, quant_q8_0, l::dequantize_q5_0, Q8_0, tile: vnni_q5_0);
     table!(KQ5_1: dot_q5_1, quant_q8_1, l::dequantize_q5_1, Q8_1, tile: vnni_q5_1);

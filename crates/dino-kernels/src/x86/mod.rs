@@ -1,11 +1,12 @@
 //! x86-64 SIMD kernels: the AVX2 level (`avx2.rs`), the AVX-512 level (`avx512.rs`, AVX2 plus
-//! VNNI tiles) and the tile kernels both share (`tiles.rs`), and decode
-//! attention (`attn.rs`).
+//! VNNI tiles) and the tile kernels both share (`tiles.rs`), decode
+//! attention (`attn.rs`) and the repacked-layout tiles (`packed.rs`).
 
 #[macro_use]
 mod avx2;
 mod attn;
 mod avx512;
+mod packed;
 mod tiles;
 
 pub(crate) use attn::avx2_op_kernels;

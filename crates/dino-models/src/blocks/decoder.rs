@@ -130,6 +130,23 @@ impl Decoder {
                 w_down: t.matrix(&n("ffn_down.weight"), ff, e)?,
             });
         }
+        let mut output = output;
+        if !lo.no_repack {
+            for l in &mut layers {
+                for w in [
+                    &mut l.wq,
+                    &mut l.wk,
+                    &mut l.wv,
+                    &mut l.wo,
+                    &mut l.w_gate,
+                    &mut l.w_up,
+                    &mut l.w_down,
+                ] {
+                    w.repack(&lo.pool)?;
+                }
+            }
+            output.repack(&lo.pool)?;
+        }
         let out_norm = t.vector("output_norm.weight", e)?;
         let freq_factors = t.opt_vector("rope_freqs.weight", hp.rope_dims / 2)?;
         let rope = RopeParams {
@@ -225,7 +242,7 @@ impl Model for Decoder {
     }
 
     fn warm_up(&self) {
-        // Read one byte per page of every tensor the forward pass uses.
+        // Read one byte per page of every tensor the forward pass uses (repacked copies too).
         let mut acc = 0u8;
         let mut touch = |w: &Weight| {
             for b in w.bytes().iter().step_by(4096) {

@@ -2,7 +2,8 @@
 
 use dino_core::{Error, GgmlType, Result};
 use dino_formats::gguf::{GgufFile, TensorInfo};
-use dino_kernels::matmul::QMatrix;
+use dino_kernels::matmul::{self, QMatrix};
+use dino_kernels::pool::ThreadPool;
 use dino_kernels::quant;
 use std::sync::Arc;
 
@@ -12,6 +13,8 @@ pub struct Weight {
     info: TensorInfo,
     pub n_in: usize,
     pub n_out: usize,
+    /// The kernel level's repacked copy, when one was made at load.
+    packed: Option<Vec<u8>>,
 }
 
 impl Weight {
@@ -21,8 +24,11 @@ impl Weight {
     pub fn ty(&self) -> GgmlType {
         self.info.ty
     }
+    /// The bytes the kernels read: the repacked copy if there is one, else the file's.
     pub fn bytes(&self) -> &[u8] {
-        self.file.tensor_data(&self.info)
+        self.packed
+            .as_deref()
+            .unwrap_or_else(|| self.file.tensor_data(&self.info))
     }
     pub fn matrix(&self) -> QMatrix<'_> {
         QMatrix {
@@ -30,7 +36,23 @@ impl Weight {
             ty: self.info.ty,
             n_in: self.n_in,
             n_out: self.n_out,
+            packed: self.packed.is_some(),
         }
+    }
+
+    /// Repack into the kernel level's faster layout if it has one for this type, then let the
+    /// OS drop the file pages just read (the copy replaces them, so resident memory does not
+    /// double). Returns whether the weight was repacked.
+    pub fn repack(&mut self, pool: &ThreadPool) -> Result<bool> {
+        if self.packed.is_some() {
+            return Ok(true);
+        }
+        let Some(copy) = matmul::repack(pool, &self.matrix()) else {
+            return Ok(false);
+        };
+        self.packed = Some(copy);
+        self.file.release_range(self.info.offset, self.info.size)?;
+        Ok(true)
     }
 }
 
@@ -84,6 +106,7 @@ impl TensorLoader {
             info,
             n_in,
             n_out,
+            packed: None,
         })
     }
 
