@@ -225,7 +225,8 @@ pub fn isa() -> Isa {
 /// Kernels that are not per weight type.
 #[derive(Clone, Copy, Debug)]
 pub struct OpKernels {
-    /// Decode attention with llama.cpp's f16 arithmetic (`ops::attend_head_decode`).
+    /// Decode attention of a GQA group of query heads with llama.cpp's f16 arithmetic
+    /// (`ops::attend_head_decode`).
     pub attend_decode: crate::ops::AttendFn,
 }
 
@@ -237,7 +238,7 @@ pub fn op_kernels() -> &'static OpKernels {
 /// The op kernels of a level, or `None` if this CPU cannot run it.
 pub fn op_kernels_for(isa: Isa) -> Option<&'static OpKernels> {
     static SCALAR: OpKernels = OpKernels {
-        attend_decode: crate::ops::attend_head_decode_scalar,
+        attend_decode: crate::ops::attend_group_decode_scalar,
     };
     match isa {
         Isa::Scalar => Some(&SCALAR),

@@ -263,7 +263,8 @@ fn f32_bytes(x: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), std::mem::size_of_val(x)) }
 }
 
-/// Attention of one query head for batches under 64 tokens (decode included), with llama.cpp's CPU flash-attention
+/// Attention of the query heads in `q` (`[n_q, head_dim]`, one GQA group reading `kv_head`;
+/// `out` likewise) for batches under 64 tokens (decode included), with llama.cpp's CPU flash-attention
 /// numerics for an F16 cache: the query is rounded to f16, scores are f16·f16 dot products
 /// accumulated in f32, and the value accumulator is kept in f16 (each update rounded), with
 /// the online-softmax sum in f32. Matching these roundings keeps greedy decoding token-exact
@@ -279,6 +280,23 @@ pub fn attend_head_decode(
     out: &mut [f32],
 ) {
     (crate::dispatch::op_kernels().attend_decode)(q, k, v, n_pos, kv_head, s, out)
+}
+
+/// Scalar twin of [`attend_head_decode`] for `q.len() / head_dim` query heads sharing `kv_head`
+/// (a GQA group; `out` is `[n_q, head_dim]`): each head as [`attend_head_decode_scalar`].
+pub fn attend_group_decode_scalar(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    n_pos: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    let hd = s.head_dim;
+    for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+        attend_head_decode_scalar(qh, k, v, n_pos, kv_head, s, oh);
+    }
 }
 
 /// The decode attention signature (see [`attend_head_decode`]).

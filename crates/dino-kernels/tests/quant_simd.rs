@@ -446,7 +446,7 @@ fn tile_kernels_equal_their_dot_products() {
 #[test]
 fn attend_decode_simd_equals_scalar() {
     use dino_kernels::dispatch::op_kernels_for;
-    use dino_kernels::ops::{attend_head_decode_scalar, AttnShape};
+    use dino_kernels::ops::{attend_group_decode_scalar, AttnShape};
     use half::f16;
     let mut rng = StdRng::seed_from_u64(45);
     for isa in simd_levels() {
@@ -461,7 +461,9 @@ fn attend_decode_simd_equals_scalar() {
                             .collect()
                     };
                     let (kc, vc) = (mk(&mut rng), mk(&mut rng));
-                    let q = rand_f32(&mut rng, hd, scale);
+                    // 1 query head, and a GQA group of 3 / 10 (more than one register group).
+                    let n_q = [1usize, 3, 10][n_pos % 3];
+                    let q = rand_f32(&mut rng, n_q * hd, scale);
                     let sh = AttnShape {
                         n_head: n_head_kv,
                         n_head_kv,
@@ -469,9 +471,9 @@ fn attend_decode_simd_equals_scalar() {
                         scale: 1.0 / (hd as f32).sqrt(),
                     };
                     for kv_head in 0..n_head_kv {
-                        let mut want = vec![0f32; hd];
-                        let mut got = vec![0f32; hd];
-                        attend_head_decode_scalar(&q, &kc, &vc, n_pos, kv_head, &sh, &mut want);
+                        let mut want = vec![0f32; n_q * hd];
+                        let mut got = vec![0f32; n_q * hd];
+                        attend_group_decode_scalar(&q, &kc, &vc, n_pos, kv_head, &sh, &mut want);
                         (k.attend_decode)(&q, &kc, &vc, n_pos, kv_head, &sh, &mut got);
                         for (g, w) in got.iter().zip(&want) {
                             assert!(

@@ -98,6 +98,12 @@ unsafe fn dot_f16_ggml_order(k: &[f16], q: &[f32]) -> f32 {
     sum as f32
 }
 
+/// Query heads handled together (their accumulators live on the stack).
+const MAX_GROUP: usize = 8;
+
+/// Every query head in `q` (`[n_q, head_dim]`, all reading `kv_head`: a GQA group) over the
+/// cache, each K and V row loaded once for the whole group; each head's arithmetic is exactly
+/// the single-head scalar form's.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_decode_avx2(
     q: &[f32],
@@ -109,55 +115,91 @@ unsafe fn attend_decode_avx2(
     out: &mut [f32],
 ) {
     let hd = s.head_dim;
+    let n_q = q.len() / hd;
+    let mut h0 = 0;
+    while h0 < n_q {
+        let g = (n_q - h0).min(MAX_GROUP);
+        attend_group(
+            &q[h0 * hd..(h0 + g) * hd],
+            k,
+            v,
+            n_pos,
+            kv_head,
+            s,
+            &mut out[h0 * hd..(h0 + g) * hd],
+        );
+        h0 += g;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_group(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    n_pos: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    let hd = s.head_dim;
+    let g = q.len() / hd;
     let row = s.n_head_kv * hd;
     let off = kv_head * hd;
     let vec_end = hd & !7;
-    let mut qh = [0f32; 512];
-    let qh = &mut qh[..hd];
-    for i in (0..vec_end).step_by(8) {
-        store_f32x8(&mut qh[i..], round_f16(load_f32x8(&q[i..])));
-    }
-    for i in vec_end..hd {
-        qh[i] = f16::from_f32(q[i]).to_f32();
-    }
-    let mut acc = [0f32; 512];
-    let acc = &mut acc[..hd];
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0f32;
-    for p in 0..n_pos {
-        let kr = &k[p * row + off..p * row + off + hd];
-        let score = dot_f16_ggml_order(kr, qh) * s.scale;
-        let mut ms = 1.0f32;
-        let mut vs = 1.0f32;
-        if score > max {
-            let old = max;
-            max = score;
-            ms = (old - max).exp();
-            let m = _mm256_set1_ps(ms);
-            for i in (0..vec_end).step_by(8) {
-                let a = load_f32x8(&acc[i..]);
-                store_f32x8(&mut acc[i..], round_f16(_mm256_mul_ps(a, m)));
-            }
-            for a in acc[vec_end..].iter_mut() {
-                *a = f16::from_f32(*a * ms).to_f32();
-            }
-        } else {
-            vs = (score - max).exp();
-        }
-        let vr = &v[p * row + off..p * row + off + hd];
-        let w = _mm256_set1_ps(vs);
+    let mut qh = [[0f32; 512]; MAX_GROUP];
+    for (h, qh) in qh.iter_mut().enumerate().take(g) {
+        let qr = &q[h * hd..(h + 1) * hd];
         for i in (0..vec_end).step_by(8) {
-            let a = load_f32x8(&acc[i..]);
-            let x = _mm256_fmadd_ps(load_f16x8(&vr[i..]), w, a);
-            store_f32x8(&mut acc[i..], round_f16(x));
+            store_f32x8(&mut qh[i..], round_f16(load_f32x8(&qr[i..])));
         }
         for i in vec_end..hd {
-            acc[i] = f16::from_f32(vr[i].to_f32().mul_add(vs, acc[i])).to_f32();
+            qh[i] = f16::from_f32(qr[i]).to_f32();
         }
-        sum = sum.mul_add(ms, vs);
     }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    for (o, &a) in out.iter_mut().zip(acc.iter()) {
-        *o = a * inv;
+    let mut acc = [[0f32; 512]; MAX_GROUP];
+    let mut max = [f32::NEG_INFINITY; MAX_GROUP];
+    let mut sum = [0f32; MAX_GROUP];
+    for p in 0..n_pos {
+        let kr = &k[p * row + off..p * row + off + hd];
+        let vr = &v[p * row + off..p * row + off + hd];
+        for h in 0..g {
+            let acc = &mut acc[h][..hd];
+            let score = dot_f16_ggml_order(kr, &qh[h][..hd]) * s.scale;
+            let mut ms = 1.0f32;
+            let mut vs = 1.0f32;
+            if score > max[h] {
+                let old = max[h];
+                max[h] = score;
+                ms = (old - score).exp();
+                let m = _mm256_set1_ps(ms);
+                for i in (0..vec_end).step_by(8) {
+                    let a = load_f32x8(&acc[i..]);
+                    store_f32x8(&mut acc[i..], round_f16(_mm256_mul_ps(a, m)));
+                }
+                for a in acc[vec_end..].iter_mut() {
+                    *a = f16::from_f32(*a * ms).to_f32();
+                }
+            } else {
+                vs = (score - max[h]).exp();
+            }
+            let w = _mm256_set1_ps(vs);
+            for i in (0..vec_end).step_by(8) {
+                let a = load_f32x8(&acc[i..]);
+                let x = _mm256_fmadd_ps(load_f16x8(&vr[i..]), w, a);
+                store_f32x8(&mut acc[i..], round_f16(x));
+            }
+            for i in vec_end..hd {
+                acc[i] = f16::from_f32(vr[i].to_f32().mul_add(vs, acc[i])).to_f32();
+            }
+            sum[h] = sum[h].mul_add(ms, vs);
+        }
+    }
+    for h in 0..g {
+        let inv = if sum[h] == 0.0 { 0.0 } else { 1.0 / sum[h] };
+        for (o, &a) in out[h * hd..(h + 1) * hd].iter_mut().zip(acc[h].iter()) {
+            *o = a * inv;
+        }
     }
 }

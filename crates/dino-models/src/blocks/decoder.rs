@@ -347,42 +347,57 @@ impl Model for Decoder {
                     );
                 }
                 let (kf, vf) = (&ws.kf[..], &ws.vf[..]);
-                let attend = if n < 64 {
-                    ops::attend_head_decode
-                } else {
-                    ops::attend_head
-                };
-                // One work item per (token, head).
-                pool.for_chunks(n * hp.n_head, 1, &|items| {
-                    for item in items {
-                        let (t, h) = (item / hp.n_head, item % hp.n_head);
-                        let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
-                        // SAFETY: each (token, head) output slice is written by one item only.
-                        let dst = unsafe { pa.slice(t * qd + h * hd, hd) };
-                        if f32_path {
-                            ops::attend_head_f32(
-                                &q[t * qd + h * hd..t * qd + (h + 1) * hd],
-                                kf,
-                                vf,
+                if n < 64 {
+                    // Work items are (token, part of a GQA group): the heads of one item share
+                    // each K/V row they read. Groups are split only as far as needed to keep
+                    // every thread busy.
+                    let parts = (4 * pool.n_threads())
+                        .div_ceil(n * hp.n_head_kv)
+                        .clamp(1, group);
+                    let per_item = group.div_ceil(parts);
+                    let items_per_group = group.div_ceil(per_item);
+                    let per_tok = hp.n_head_kv * items_per_group;
+                    pool.for_chunks(n * per_tok, 1, &|items| {
+                        for item in items {
+                            let (t, rest) = (item / per_tok, item % per_tok);
+                            let (g, part) = (rest / items_per_group, rest % items_per_group);
+                            let h0 = g * group + part * per_item;
+                            let nh = per_item.min((g + 1) * group - h0);
+                            let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
+                            let span = t * qd + h0 * hd..t * qd + (h0 + nh) * hd;
+                            // SAFETY: each (token, heads) output slice is written by one item.
+                            let dst = unsafe { pa.slice(span.start, span.len()) };
+                            ops::attend_head_decode(
+                                &q[span],
+                                kc,
+                                vc,
                                 batch.pos[t] as usize + 1,
-                                h / group,
+                                g,
                                 &shape,
                                 dst,
                             );
-                            continue;
                         }
-                        attend(
-                            &q[t * qd + h * hd..t * qd + (h + 1) * hd],
-                            kc,
-                            vc,
-                            batch.pos[t] as usize + 1,
-                            h / group,
-                            &shape,
-                            dst,
-                        );
-                    }
-                });
+                    });
+                } else {
+                    // One work item per (token, head).
+                    pool.for_chunks(n * hp.n_head, 1, &|items| {
+                        for item in items {
+                            let (t, h) = (item / hp.n_head, item % hp.n_head);
+                            let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                            // SAFETY: each (token, head) output slice is written by one item.
+                            let dst = unsafe { pa.slice(t * qd + h * hd, hd) };
+                            let n_pos = batch.pos[t] as usize + 1;
+                            if f32_path {
+                                ops::attend_head_f32(qh, kf, vf, n_pos, h / group, &shape, dst);
+                            } else {
+                                let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
+                                ops::attend_head(qh, kc, vc, n_pos, h / group, &shape, dst);
+                            }
+                        }
+                    });
+                }
             }
+
             // x += Wo · att (the residual add fused into the product's store).
             let wo = l.wo.matrix();
             matmul::matmul_fused(
