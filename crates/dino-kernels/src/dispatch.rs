@@ -228,6 +228,8 @@ pub struct OpKernels {
     /// Decode attention of a GQA group of query heads with llama.cpp's f16 arithmetic
     /// (`ops::attend_head_decode`).
     pub attend_decode: crate::ops::AttendFn,
+    /// `gate = silu(gate) * up` (`ops::swiglu`).
+    pub swiglu: fn(&mut [f32], &[f32]),
 }
 
 /// The op kernels of the level in use.
@@ -239,6 +241,7 @@ pub fn op_kernels() -> &'static OpKernels {
 pub fn op_kernels_for(isa: Isa) -> Option<&'static OpKernels> {
     static SCALAR: OpKernels = OpKernels {
         attend_decode: crate::ops::attend_group_decode_scalar,
+        swiglu: crate::ops::swiglu_scalar,
     };
     match isa {
         Isa::Scalar => Some(&SCALAR),

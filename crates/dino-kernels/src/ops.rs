@@ -101,8 +101,9 @@ pub fn ggml_expf(x: f32) -> f32 {
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // scalef(j, n) = j · 2^n, exact in f64 then rounded once.
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    // scalef(j, n) = j · 2^n, exact in f64 then rounded once (2^n built from its exponent
+    // bits: |n| <= 192 here, well inside f64's normal range).
+    (j as f64 * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
 }
 
 /// ggml's vectorized SiLU: `x / (1 + e^-x)` with [`ggml_expf`].
@@ -111,8 +112,16 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + ggml_expf(-x))
 }
 
-/// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]`.
+/// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]` (the level's kernel; all levels give
+/// the same bits).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    (crate::dispatch::op_kernels().swiglu)(gate, up)
+}
+
+/// Scalar twin of [`swiglu`]. Without a compile-time FMA target, `mul_add` is a library call;
+/// the x86 level compiles this same body with FMA enabled (identical results: FMA is exact).
+#[inline(always)]
+pub fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = silu(*g) * u;
     }

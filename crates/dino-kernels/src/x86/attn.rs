@@ -11,7 +11,10 @@ use crate::ops::AttnShape;
 use half::f16;
 
 pub(crate) fn avx2_op_kernels() -> Option<&'static OpKernels> {
-    static K: OpKernels = OpKernels { attend_decode };
+    static K: OpKernels = OpKernels {
+        attend_decode,
+        swiglu,
+    };
     avx2_detected().then_some(&K)
 }
 
@@ -28,6 +31,19 @@ fn attend_decode(
     // SAFETY: handed out only by `avx2_op_kernels` after run-time detection of avx2, fma and
     // f16c; the kernel reads memory only through bounds-checked slices.
     unsafe { attend_decode_avx2(q, k, v, n_pos, kv_head, s, out) }
+}
+
+fn swiglu(gate: &mut [f32], up: &[f32]) {
+    debug_assert!(avx2_detected());
+    // SAFETY: handed out only after run-time detection of avx2, fma and f16c; safe code inside.
+    unsafe { swiglu_fma(gate, up) }
+}
+
+/// The scalar SwiGLU body compiled with hardware FMA (and free to vectorize): `mul_add` is
+/// exact either way, so the bits equal the scalar twin's.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn swiglu_fma(gate: &mut [f32], up: &[f32]) {
+    crate::ops::swiglu_scalar(gate, up)
 }
 
 /// `round_f16(x)` as f32, 8 lanes.

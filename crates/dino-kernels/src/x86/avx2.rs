@@ -85,9 +85,9 @@ pub(crate) fn avx2_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     if !avx2_detected() {
         return None;
     }
-    table!(KF32: dot_f32, float::f32_to_bytes, float::bytes_to_f32, F32);
-    table!(KF16: dot_f16, quant_f16, float::f16_to_f32, F16);
-    table!(KBF16: float::vec_dot_bf16, float::f32_to_bf16, float::bf16_to_f32, BF16);
+    table!(KF32: dot_f32, float::f32_to_bytes, float::bytes_to_f32, F32, tile: super::tiles_float::tile_f32);
+    table!(KF16: dot_f16, quant_f16, float::f16_to_f32, F16, tile: super::tiles_float::tile_f16);
+    table!(KBF16: float::vec_dot_bf16, float::f32_to_bf16, float::bf16_to_f32, BF16, tile: super::tiles_float::tile_bf16);
     table!(KQ4_0: dot_q4_0, quant_q8_0, l::dequantize_q4_0, Q8_0, tile: tile_q4_0);
     table!(KQ4_1: dot_q4_1, quant_q8_1, l::dequantize_q4_1, Q8_1, tile: tile_q4_1);
     table!(KQ5_0: dot_q5_0, quant_q8_0, l::dequantize_q5_0, Q8_0, tile: tile_q5_0);
@@ -96,9 +96,9 @@ pub(crate) fn avx2_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     table!(KQ8_1: l::vec_dot_q8_1_q8_1, quant_q8_1, l::dequantize_q8_1, Q8_1);
     table!(KQ2K: k::vec_dot_q2_k_q8_k, quant_q8_k, k::dequantize_q2_k, Q8_K);
     table!(KQ3K: k::vec_dot_q3_k_q8_k, quant_q8_k, k::dequantize_q3_k, Q8_K);
-    table!(KQ4K: dot_q4_k, quant_q8_k, k::dequantize_q4_k, Q8_K, batch: dot_q4_k_gemm, BatchRule::WholeGroupsOf4);
-    table!(KQ5K: dot_q5_k, quant_q8_k, k::dequantize_q5_k, Q8_K);
-    table!(KQ6K: dot_q6_k, quant_q8_k, k::dequantize_q6_k, Q8_K, batch: dot_q6_k_tiled, BatchRule::AllFrom(8));
+    table!(KQ4K: dot_q4_k, quant_q8_k, k::dequantize_q4_k, Q8_K, tile: super::tiles_k::tile_q4_k, batch: dot_q4_k_gemm, BatchRule::WholeGroupsOf4, btile: super::tiles_k::tile_q4_k_gemm);
+    table!(KQ5K: dot_q5_k, quant_q8_k, k::dequantize_q5_k, Q8_K, tile: super::tiles_k::tile_q5_k);
+    table!(KQ6K: dot_q6_k, quant_q8_k, k::dequantize_q6_k, Q8_K, tile: super::tiles_k::tile_q6_k, batch: dot_q6_k_tiled, BatchRule::AllFrom(8), btile: super::tiles_k::tile_q6_k_tiled);
     table!(KQ8K: k::vec_dot_q8_k_q8_k, quant_q8_k, k::dequantize_q8_k, Q8_K);
     Some(match t {
         F32 => &KF32,

@@ -1,5 +1,6 @@
 //! x86-64 SIMD kernels: the AVX2 level (`avx2.rs`), the AVX-512 level (`avx512.rs`, AVX2 plus
-//! VNNI tiles) and the tile kernels both share (`tiles.rs`), decode
+//! VNNI tiles) and the tile kernels both share (`tiles.rs` for the 32-element quants,
+//! `tiles_k.rs` for the K-quants, `tiles_float.rs` for F32 / F16 / BF16), decode
 //! attention (`attn.rs`) and the repacked-layout tiles (`packed.rs`).
 
 #[macro_use]
@@ -8,6 +9,8 @@ mod attn;
 mod avx512;
 mod packed;
 mod tiles;
+mod tiles_float;
+mod tiles_k;
 
 pub(crate) use attn::avx2_op_kernels;
 pub(crate) use avx2::{avx2_detected, avx2_kernels};

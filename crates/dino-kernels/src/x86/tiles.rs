@@ -242,7 +242,9 @@ unsafe fn tile<B: LegacyBlock, const R: usize, const T: usize, const VNNI: bool>
     }
     while t0 < nt {
         let mut r0 = 0;
-        while r0 + R <= nr {
+        // Decode reads each weight once: one row at a time keeps a single sequential stream,
+        // which the hardware prefetchers follow (several short row streams defeat them).
+        while nt > 1 && r0 + R <= nr {
             step::<B, R, 1, VNNI>(t, r0, t0);
             r0 += R;
         }

@@ -14,7 +14,7 @@ pub struct Weight {
     pub n_in: usize,
     pub n_out: usize,
     /// The kernel level's repacked copy, when one was made at load.
-    packed: Option<Vec<u8>>,
+    packed: Option<matmul::PackedBuf>,
 }
 
 impl Weight {
