@@ -310,8 +310,13 @@ fn run_products(
     let n_threads = pool.n_threads();
     let row_chunk = |n_out: usize| {
         if n_tokens == 1 {
-            // Enough chunks to balance the threads, few enough to keep claims cheap.
-            (n_out / (n_threads * 16)).clamp(8, ROW_CHUNK_MAX) / 8 * 8
+            // Decode streams the weights once: long contiguous chunks (about four per thread)
+            // keep each thread's reads one sequential stream for the prefetchers.
+            n_out
+                .div_ceil(n_threads * 4)
+                .div_ceil(8)
+                .saturating_mul(8)
+                .clamp(8, ROW_CHUNK_MAX * TOKEN_BLOCK)
         } else {
             ROW_CHUNK_MAX
         }
