@@ -215,72 +215,17 @@ fn small_model() -> PathBuf {
     dino_testutil::stories260k().unwrap_or_else(tiny_model)
 }
 
-/// `llama-bench`'s fields and JSON types (`test::get_fields`, `test::get_field_type`).
-const LLAMA_BENCH_INT: [&str; 19] = [
-    "build_number",
-    "n_batch",
-    "n_ubatch",
-    "n_threads",
-    "poll",
-    "model_size",
-    "model_n_params",
-    "n_gpu_layers",
-    "main_gpu",
-    "n_prompt",
-    "n_gen",
-    "n_depth",
-    "avg_ns",
-    "stddev_ns",
-    "no_op_offload",
-    "n_cpu_moe",
-    "fit_target",
-    "fit_min_ctx",
-    "flash_attn",
-];
-const LLAMA_BENCH_BOOL: [&str; 5] = [
-    "no_kv_offload",
-    "cpu_strict",
-    "embeddings",
-    "no_host",
-    "repack",
-];
-const LLAMA_BENCH_FLOAT: [&str; 2] = ["avg_ts", "stddev_ts"];
-const LLAMA_BENCH_STRING: [&str; 16] = [
-    "build_commit",
-    "cpu_info",
-    "gpu_info",
-    "backends",
-    "model_filename",
-    "model_type",
-    "cpu_mask",
-    "type_k",
-    "type_v",
-    "split_mode",
-    "devices",
-    "tensor_split",
-    "tensor_buft_overrides",
-    "load_mode",
-    "lazy_mode",
-    "test_time",
-];
-
 fn check_bench_object(o: &serde_json::Value) {
-    for f in LLAMA_BENCH_INT {
-        assert!(o[f].is_i64(), "{f} = {} is not an integer", o[f]);
+    use dino_engine::bench::{llama_bench_field_type, LLAMA_BENCH_FIELDS};
+    for f in LLAMA_BENCH_FIELDS {
+        match llama_bench_field_type(f) {
+            "int" => assert!(o[f].is_i64(), "{f} = {} is not an integer", o[f]),
+            "bool" => assert!(o[f].is_boolean(), "{f} = {} is not a bool", o[f]),
+            "float" => assert!(o[f].as_f64().is_some_and(|x| x >= 0.0), "{f} = {}", o[f]),
+            _ => assert!(o[f].is_string(), "{f} = {} is not a string", o[f]),
+        }
     }
-    for f in LLAMA_BENCH_BOOL {
-        assert!(o[f].is_boolean(), "{f} = {} is not a bool", o[f]);
-    }
-    for f in LLAMA_BENCH_FLOAT {
-        assert!(o[f].as_f64().is_some_and(|x| x >= 0.0), "{f} = {}", o[f]);
-    }
-    for f in LLAMA_BENCH_STRING {
-        assert!(o[f].is_string(), "{f} = {} is not a string", o[f]);
-    }
-    let n_fields = LLAMA_BENCH_INT.len()
-        + LLAMA_BENCH_BOOL.len()
-        + LLAMA_BENCH_FLOAT.len()
-        + LLAMA_BENCH_STRING.len();
+    let n_fields = LLAMA_BENCH_FIELDS.len();
     let obj = o.as_object().unwrap();
     // llama-bench's 42 fields, its two sample arrays, and Dino's three dino_* fields.
     assert_eq!(n_fields, 42);

@@ -62,6 +62,48 @@ pub const LLAMA_BENCH_FIELDS: [&str; 42] = [
     "stddev_ts",
 ];
 
+/// The JSON type (`"int"`, `"bool"`, `"float"` or `"string"`) llama-bench gives each of
+/// [`LLAMA_BENCH_FIELDS`] (`test::get_field_type`), for tools and tests that check the output.
+pub fn llama_bench_field_type(field: &str) -> &'static str {
+    const INT: [&str; 19] = [
+        "build_number",
+        "n_batch",
+        "n_ubatch",
+        "n_threads",
+        "poll",
+        "model_size",
+        "model_n_params",
+        "n_gpu_layers",
+        "main_gpu",
+        "n_prompt",
+        "n_gen",
+        "n_depth",
+        "avg_ns",
+        "stddev_ns",
+        "no_op_offload",
+        "n_cpu_moe",
+        "fit_target",
+        "fit_min_ctx",
+        "flash_attn",
+    ];
+    const BOOL: [&str; 5] = [
+        "no_kv_offload",
+        "cpu_strict",
+        "embeddings",
+        "no_host",
+        "repack",
+    ];
+    if INT.contains(&field) {
+        "int"
+    } else if BOOL.contains(&field) {
+        "bool"
+    } else if field == "avg_ts" || field == "stddev_ts" {
+        "float"
+    } else {
+        "string"
+    }
+}
+
 /// Dino's fields, after `samples_ns` and `samples_ts`.
 pub const DINO_FIELDS: [&str; 3] = ["dino_peak_rss_bytes", "dino_energy_j_per_token", "dino_isa"];
 
@@ -890,47 +932,6 @@ mod tests {
         assert_eq!(t(16, 4).n_tokens(), 20);
     }
 
-    /// `llama-bench`'s field types (`test::get_field_type`), extracted from its source.
-    fn llama_type(field: &str) -> &'static str {
-        const INT: [&str; 19] = [
-            "build_number",
-            "n_batch",
-            "n_ubatch",
-            "n_threads",
-            "poll",
-            "model_size",
-            "model_n_params",
-            "n_gpu_layers",
-            "main_gpu",
-            "n_prompt",
-            "n_gen",
-            "n_depth",
-            "avg_ns",
-            "stddev_ns",
-            "no_op_offload",
-            "n_cpu_moe",
-            "fit_target",
-            "fit_min_ctx",
-            "flash_attn",
-        ];
-        const BOOL: [&str; 5] = [
-            "no_kv_offload",
-            "cpu_strict",
-            "embeddings",
-            "no_host",
-            "repack",
-        ];
-        if INT.contains(&field) {
-            "int"
-        } else if BOOL.contains(&field) {
-            "bool"
-        } else if field == "avg_ts" || field == "stddev_ts" {
-            "float"
-        } else {
-            "string"
-        }
-    }
-
     fn check_object(o: &serde_json::Map<String, serde_json::Value>) {
         let mut want: Vec<&str> = LLAMA_BENCH_FIELDS.to_vec();
         want.extend(["samples_ns", "samples_ts"]);
@@ -943,13 +944,13 @@ mod tests {
         assert_eq!(got, sorted);
         for f in LLAMA_BENCH_FIELDS {
             let v = &o[f];
-            let ok = match llama_type(f) {
+            let ok = match llama_bench_field_type(f) {
                 "int" => v.is_i64() || v.is_u64(),
                 "bool" => v.is_boolean(),
                 "float" => v.is_number(),
                 _ => v.is_string(),
             };
-            assert!(ok, "{f} = {v} is not a {}", llama_type(f));
+            assert!(ok, "{f} = {v} is not a {}", llama_bench_field_type(f));
         }
         assert!(o["samples_ns"]
             .as_array()

@@ -130,21 +130,9 @@ unsafe fn attend_decode_avx2(
     s: &AttnShape,
     out: &mut [f32],
 ) {
-    let hd = s.head_dim;
-    let n_q = q.len() / hd;
-    let mut h0 = 0;
-    while h0 < n_q {
-        let g = (n_q - h0).min(MAX_GROUP);
-        attend_group(
-            &q[h0 * hd..(h0 + g) * hd],
-            k,
-            v,
-            n_pos,
-            kv_head,
-            s,
-            &mut out[h0 * hd..(h0 + g) * hd],
-        );
-        h0 += g;
+    let span = MAX_GROUP * s.head_dim;
+    for (qg, og) in q.chunks(span).zip(out.chunks_mut(span)) {
+        attend_group(qg, k, v, n_pos, kv_head, s, og);
     }
 }
 
