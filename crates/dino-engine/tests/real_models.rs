@@ -8,11 +8,15 @@ use serde_json::Value;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-fn load(path: &Path) -> Engine {
+/// Loads with 2 threads. `exact`: weights stay in the file's layout, so every kernel keeps
+/// llama.cpp's float order (`--no-repack`); otherwise the default fast path (repacked
+/// row-interleaved layouts, whose own order is checked against tolerances below).
+fn load(path: &Path, exact: bool) -> Engine {
     Engine::load(
         path,
         &EngineOptions {
             threads: 2,
+            no_repack: exact,
             ..Default::default()
         },
     )
@@ -130,12 +134,20 @@ const EXACT: Policy = Policy {
     max_logit_diff: 1e-3,
 };
 
+/// The default (repacked) path: its activations are quantized per 32 elements with f32 scales
+/// and summed in another order, which moves logits by a few tenths on these small models (0.1-0.5 on the first steps); every
+/// token must still match until llama.cpp's own top-1/top-2 margin drops below 1.0.
+const FAST: Policy = Policy {
+    near_tie: 1.0,
+    max_logit_diff: 0.75,
+};
+
 #[test]
 fn stories260k_greedy_200_tokens_match_reference_text() {
     let Some(path) = dino_testutil::stories260k() else {
         return;
     };
-    let engine = load(&path);
+    let engine = load(&path, true);
     let want =
         std::fs::read_to_string(path.with_file_name("stories260K.greedy-once-upon-a-time.txt"))
             .unwrap();
@@ -168,25 +180,20 @@ fn stories260k_greedy_200_tokens_match_reference_text() {
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
-    let engine = load(&dino_testutil::model("smollm2"));
-    check_greedy(
-        &engine,
-        &reference("SmolLM2-135M-Instruct.Q4_1.greedy.json"),
-        &EXACT,
-    );
+    let refs = reference("SmolLM2-135M-Instruct.Q4_1.greedy.json");
+    check_greedy(&load(&dino_testutil::model("smollm2"), true), &refs, &EXACT);
+    check_greedy(&load(&dino_testutil::model("smollm2"), false), &refs, &FAST);
 }
 
 #[test]
 fn qwen05_greedy_matches_llama_cpp() {
-    let engine = load(&dino_testutil::model("qwen05"));
-    check_greedy(
-        &engine,
-        &reference("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.greedy.json"),
-        &EXACT,
-    );
+    let refs = reference("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.greedy.json");
+    check_greedy(&load(&dino_testutil::model("qwen05"), true), &refs, &EXACT);
+    check_greedy(&load(&dino_testutil::model("qwen05"), false), &refs, &FAST);
 }
 
-/// The first chunks of hamlet.txt at ctx 512 score within 0.5 % of llama-perplexity's figure.
+/// The first chunks of hamlet.txt at ctx 512 score within 0.5 % of llama-perplexity's figure,
+/// with llama.cpp's arithmetic and with the default repacked layouts.
 #[test]
 fn perplexity_first_chunks_match_llama_cpp() {
     let refs = reference("perplexity.json");
@@ -201,32 +208,38 @@ fn perplexity_first_chunks_match_llama_cpp() {
         let want = r["ppl_f64"]
             .as_f64()
             .unwrap_or_else(|| panic!("no 4-chunk reference for {file}: {r}"));
-        let engine = load(&dino_testutil::model(name));
-        let got = perplexity(
-            &engine,
-            text,
-            &PerplexityOptions {
-                n_ctx: 512,
-                max_chunks: Some(4),
-                n_batch: 512,
-            },
-            |_, _, _| {},
-        )
-        .unwrap();
-        let rel = (got.ppl - want).abs() / want;
-        eprintln!(
-            "{file}: dino PPL {:.4} +/- {:.4}, llama.cpp {want:.4}, diff {:.3}%",
+        for exact in [true, false] {
+            let engine = load(&dino_testutil::model(name), exact);
+            let got = perplexity(
+                &engine,
+                text,
+                &PerplexityOptions {
+                    n_ctx: 512,
+                    max_chunks: Some(4),
+                    n_batch: 512,
+                },
+                |_, _, _| {},
+            )
+            .unwrap();
+            let rel = (got.ppl - want).abs() / want;
+            eprintln!(
+            "{file} (exact {exact}): dino PPL {:.4} +/- {:.4}, llama.cpp {want:.4}, diff {:.3}%",
             got.ppl,
             got.ppl_err,
             rel * 100.0
         );
-        assert!(rel < 0.005, "{file}: PPL {} vs llama.cpp {want}", got.ppl);
+            assert!(
+                rel < 0.005,
+                "{file} (exact {exact}): PPL {} vs llama.cpp {want}",
+                got.ppl
+            );
+        }
     }
 }
 
 #[test]
 fn same_seed_same_text_and_long_prompt_is_an_error() {
-    let engine = load(&dino_testutil::model("smollm2"));
+    let engine = load(&dino_testutil::model("smollm2"), false);
     let prompt = engine
         .tokenizer
         .encode("The weather today is", true, false)

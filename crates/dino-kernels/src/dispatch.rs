@@ -104,19 +104,21 @@ pub struct TypeKernels {
     /// unpacked weight block is reused across the tile's tokens, each activation block across
     /// its rows). `None`: `matmul` loops over `vec_dot`.
     pub tile: Option<TileFn>,
-    /// A repacked layout this level computes faster from (see `scalar/packed.rs`); weights
+    /// A repacked layout this level computes faster from (see `scalar/panel.rs`); weights
     /// are repacked once at load unless the user asks for `--no-repack`.
     pub packed: Option<PackedKernels>,
 }
 
-/// A repacked weight layout: `rows` rows interleaved per group, the same bytes in all.
+/// A repacked weight layout (the row-interleaved layouts of `scalar/panel.rs`, 16 rows per
+/// group) with its tile kernel and activation format.
 #[derive(Clone, Copy, Debug)]
 pub struct PackedKernels {
-    pub rows: usize,
-    /// `pack(src, n_in, n_rows, dst)`: `n_rows` (a multiple of `rows`) rows into `dst`.
-    pub pack: fn(&[u8], usize, usize, &mut [u8]),
-    /// Tile over packed rows (`n_rows` a multiple of `rows`), every token.
+    pub layout: &'static crate::scalar::panel::Layout,
+    /// Tile over packed rows (`n_rows` a multiple of 16), every token, with activations made by
+    /// `quantize_act`.
     pub tile: TileFn,
+    /// Quantizes f32 activations to the layout's format (`panel::act_row_bytes(n)` bytes).
+    pub quantize_act: fn(src: &[f32], dst: &mut [u8]),
 }
 
 /// A block of outputs computed in one call: `out[t * n_rows + r] = dot(w row r, a row t)`.
@@ -286,7 +288,7 @@ macro_rules! table {
         };
     };
     ($name:ident: $vd:expr, $qa:expr, $dq:expr, $act:ident $(, tile: $tile:expr)?,
-     batch: $vg:expr, $rule:expr $(, btile: $bt:expr)?) => {
+     batch: $vg:expr, $rule:expr $(, btile: $bt:expr)? $(, packed: $pk:expr)?) => {
         static $name: TypeKernels = TypeKernels {
             vec_dot: $vd,
             quantize_act: $qa,
@@ -298,7 +300,7 @@ macro_rules! table {
                 tile: $crate::dispatch::opt!($($bt)?),
             }),
             tile: $crate::dispatch::opt!($($tile)?),
-            packed: None,
+            packed: $crate::dispatch::opt!($($pk)?),
         };
     };
 }
@@ -313,19 +315,34 @@ macro_rules! opt {
 pub(crate) use opt;
 pub(crate) use table;
 
-/// The scalar Q4_0x4 layout (the reference of the SIMD packed tiles).
-pub(crate) const Q4_0X4_SCALAR: PackedKernels = PackedKernels {
-    rows: crate::scalar::packed::ROWS,
-    pack: crate::scalar::packed::pack_q4_0x4,
-    tile: crate::scalar::packed::tile_q4_0x4,
-};
+/// The scalar reference of the repacked layout of `t` (what every level's `packed` kernels
+/// must equal bit for bit), if the type has one.
+pub fn packed_reference(t: GgmlType) -> Option<PackedKernels> {
+    use crate::scalar::panel as p;
+    let tile: TileFn = match t {
+        GgmlType::Q4_0 => p::tile_q4_0,
+        GgmlType::Q4_1 => p::tile_q4_1,
+        GgmlType::Q5_0 => p::tile_q5_0,
+        GgmlType::Q5_1 => p::tile_q5_1,
+        GgmlType::Q8_0 => p::tile_q8_0,
+        GgmlType::Q4_K => p::tile_q4_k,
+        GgmlType::Q5_K => p::tile_q5_k,
+        GgmlType::Q6_K => p::tile_q6_k,
+        _ => return None,
+    };
+    Some(PackedKernels {
+        layout: p::layout(t)?,
+        tile,
+        quantize_act: p::quantize_act,
+    })
+}
 
 fn scalar_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     use GgmlType::*;
     table!(KF32: float::vec_dot_f32, float::f32_to_bytes, float::bytes_to_f32, F32);
     table!(KF16: float::vec_dot_f16, float::f32_to_f16, float::f16_to_f32, F16);
     table!(KBF16: float::vec_dot_bf16, float::f32_to_bf16, float::bf16_to_f32, BF16);
-    table!(KQ4_0: l::vec_dot_q4_0_q8_0, l::quantize_q8_0_act, l::dequantize_q4_0, Q8_0, packed: crate::dispatch::Q4_0X4_SCALAR);
+    table!(KQ4_0: l::vec_dot_q4_0_q8_0, l::quantize_q8_0_act, l::dequantize_q4_0, Q8_0);
     table!(KQ4_1: l::vec_dot_q4_1_q8_1, l::quantize_q8_1_act, l::dequantize_q4_1, Q8_1);
     table!(KQ5_0: l::vec_dot_q5_0_q8_0, l::quantize_q8_0_act, l::dequantize_q5_0, Q8_0);
     table!(KQ5_1: l::vec_dot_q5_1_q8_1, l::quantize_q8_1_act, l::dequantize_q5_1, Q8_1);

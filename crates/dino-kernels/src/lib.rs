@@ -12,5 +12,7 @@ pub mod ops;
 pub mod pool;
 pub mod quant;
 mod scalar;
+/// The row-interleaved repacked layouts and their activation format (the reference arithmetic).
+pub use scalar::panel;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -8,6 +8,7 @@
 
 use crate::dispatch::{self, Tile, TypeKernels};
 use crate::pool::{SharedMut, ThreadPool};
+use crate::scalar::panel::{self, ROWS};
 use dino_core::{Error, GgmlType, Result};
 
 /// A borrowed weight matrix in ggml layout: `n_out` rows of `n_in` elements of type `ty`.
@@ -100,19 +101,20 @@ impl std::ops::DerefMut for PackedBuf {
 /// `QMatrix { data: &copy, packed: true, .. }`.
 pub fn repack(pool: &ThreadPool, w: &QMatrix) -> Option<PackedBuf> {
     let pk = dispatch::kernels(w.ty)?.packed?;
-    if w.packed || !w.n_out.is_multiple_of(pk.rows) {
+    let l = pk.layout;
+    if w.packed || !w.n_out.is_multiple_of(ROWS) || !w.n_in.is_multiple_of(l.unit) {
         return None;
     }
-    let mut out = PackedBuf::new(w.data.len())?;
-    let rb = w.row_bytes();
-    let group = pk.rows * rb;
-    let n_groups = w.n_out / pk.rows;
+    let gb = l.group_bytes(w.n_in);
+    let n_groups = w.n_out / ROWS;
+    let mut out = PackedBuf::new(gb * n_groups)?;
+    let src_group = ROWS * w.row_bytes();
     let po = SharedMut::new(&mut out);
-    pool.for_chunks(n_groups, 64, &|gs| {
-        let (a, b) = (gs.start * group, gs.end * group);
+    pool.for_chunks(n_groups, 16, &|gs| {
         // SAFETY: each chunk writes only its own groups' bytes.
-        let dst = unsafe { po.slice(a, b - a) };
-        (pk.pack)(&w.data[a..b], w.n_in, gs.len() * pk.rows, dst);
+        let dst = unsafe { po.slice(gs.start * gb, gs.len() * gb) };
+        let src = &w.data[gs.start * src_group..gs.end * src_group];
+        l.pack(src, w.n_in, gs.len() * ROWS, dst);
     });
     Some(out)
 }
@@ -224,35 +226,43 @@ pub fn matmul_fused(
             "matmul: out is not [n_tokens, n_out]"
         );
     }
-    // The activation types needed (at most two distinct ones in one fused group).
-    let mut act_types: [Option<GgmlType>; 2] = [None, None];
+    // The activation formats needed (at most two distinct ones in one fused group).
+    let mut act_kinds: [Option<ActKind>; 2] = [None, None];
     let mut slot = [0usize; 4];
     assert!(
         mats.len() <= slot.len(),
         "matmul: at most 4 matrices per fused group"
     );
     for (i, (w, _)) in mats.iter().enumerate() {
-        let at = kernels_of(w).act_type;
-        slot[i] = match act_types.iter().position(|a| *a == Some(at)) {
+        let at = act_kind(w);
+        slot[i] = match act_kinds.iter().position(|a| *a == Some(at)) {
             Some(p) => p,
             None => {
-                let p = act_types
+                let p = act_kinds
                     .iter()
                     .position(|a| a.is_none())
-                    .expect("matmul: at most two activation types per fused group");
-                act_types[p] = Some(at);
+                    .expect("matmul: at most two activation formats per fused group");
+                act_kinds[p] = Some(at);
                 p
             }
         };
     }
     scratch.reserve(n_tokens, n_in);
     let quantizers: [Option<Quantizer>; 2] = std::array::from_fn(|p| {
-        let at = act_types[p]?;
         let i = slot.iter().take(mats.len()).position(|&s| s == p)?;
-        let row = at
-            .row_size(n_in as u64)
-            .expect("activation type shares the block size");
-        Some((kernels_of(mats[i].0).quantize_act, row as usize))
+        let w = mats[i].0;
+        Some(match act_kinds[p]? {
+            ActKind::Ggml(at) => {
+                let row = at
+                    .row_size(n_in as u64)
+                    .expect("activation type shares the block size");
+                (kernels_of(w).quantize_act, row as usize)
+            }
+            ActKind::Panel => (
+                kernels_of(w).packed.expect("packed").quantize_act,
+                panel::act_row_bytes(n_in),
+            ),
+        })
     });
     {
         let [a0, a1] = &mut scratch.act;
@@ -279,6 +289,21 @@ pub fn matmul_fused(
     }
     let acts: [&[u8]; 2] = [&scratch.act[0], &scratch.act[1]];
     run_products(pool, mats, n_tokens, &acts, &slot, &quantizers, epilogue);
+}
+
+/// The activation format a matrix reads: its type's `vec_dot` type, or the repacked layouts'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ActKind {
+    Ggml(GgmlType),
+    Panel,
+}
+
+fn act_kind(w: &QMatrix) -> ActKind {
+    if w.packed {
+        ActKind::Panel
+    } else {
+        ActKind::Ggml(kernels_of(w).act_type)
+    }
 }
 
 /// An activation quantizer and the bytes of one quantized row.
@@ -314,8 +339,8 @@ fn run_products(
             // keep each thread's reads one sequential stream for the prefetchers.
             n_out
                 .div_ceil(n_threads * 4)
-                .div_ceil(8)
-                .saturating_mul(8)
+                .div_ceil(ROWS)
+                .saturating_mul(ROWS)
                 .clamp(8, ROW_CHUNK_MAX * TOKEN_BLOCK)
         } else {
             ROW_CHUNK_MAX
@@ -440,7 +465,7 @@ fn compute_tile(
     let nr = r1 - r0;
     if w.packed {
         let pk = k.packed.expect("packed matrices come from `repack`");
-        debug_assert!(r0.is_multiple_of(pk.rows) && nr.is_multiple_of(pk.rows));
+        debug_assert!(r0.is_multiple_of(ROWS) && nr.is_multiple_of(ROWS));
         (pk.tile)(&mut Tile {
             n: w.n_in,
             w: &w.data[r0 * rb..r1 * rb],

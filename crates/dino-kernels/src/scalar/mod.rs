@@ -8,4 +8,4 @@ pub mod float;
 pub mod kquantize;
 pub mod kquants;
 pub mod legacy;
-pub mod packed;
+pub mod panel;

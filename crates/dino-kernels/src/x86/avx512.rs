@@ -3,9 +3,9 @@
 //! every output is bit-identical to the AVX2 level's; the table differs only in speed.
 
 use super::avx2::*;
-use crate::dispatch::{table, BatchDot, BatchRule, TypeKernels};
+use crate::dispatch::{table, BatchDot, BatchRule, PackedKernels, TypeKernels};
 use crate::quant::blocks::*;
-use crate::scalar::{float, kquants as k, legacy as l};
+use crate::scalar::{float, kquants as k, legacy as l, panel};
 use dino_core::GgmlType;
 
 /// avx512f, avx512bw, avx512vl and avx512vnni, on top of the AVX2 level's features.
@@ -25,6 +25,15 @@ tile_wrappers! { avx512_detected, tile_vnni:
     vnni_q8_0 => BlockQ8_0;
 }
 
+/// A row-interleaved layout with its VNNI GEMM.
+const fn pk(layout: &'static panel::Layout, tile: crate::dispatch::TileFn) -> PackedKernels {
+    PackedKernels {
+        layout,
+        tile,
+        quantize_act: super::panel::quantize_act,
+    }
+}
+
 /// The AVX-512 kernel table of `t`, or `None` if unsupported here.
 pub(crate) fn avx512_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     use GgmlType::*;
@@ -34,17 +43,14 @@ pub(crate) fn avx512_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     table!(KF32: dot_f32, float::f32_to_bytes, float::bytes_to_f32, F32, tile: super::tiles_float::wide_f32);
     table!(KF16: dot_f16, quant_f16, float::f16_to_f32, F16, tile: super::tiles_float::wide_f16);
     table!(KBF16: float::vec_dot_bf16, float::f32_to_bf16, float::bf16_to_f32, BF16, tile: super::tiles_float::wide_bf16);
-    table!(KQ4_0: dot_q4_0, quant_q8_0, l::dequantize_q4_0, Q8_0, tile: vnni_q4_0, packed: crate::dispatch::PackedKernels {
-        tile: super::packed::tile_q4_0x4,
-        ..crate::dispatch::Q4_0X4_SCALAR
-    });
-    table!(KQ4_1: dot_q4_1, quant_q8_1, l::dequantize_q4_1, Q8_1, tile: vnni_q4_1);
-    table!(KQ5_0: dot_q5_0, quant_q8_0, l::dequantize_q5_0, Q8_0, tile: vnni_q5_0);
-    table!(KQ5_1: dot_q5_1, quant_q8_1, l::dequantize_q5_1, Q8_1, tile: vnni_q5_1);
-    table!(KQ8_0: dot_q8_0, quant_q8_0, l::dequantize_q8_0, Q8_0, tile: vnni_q8_0);
-    table!(KQ4K: dot_q4_k, quant_q8_k, k::dequantize_q4_k, Q8_K, tile: super::tiles_k::vnni_q4_k, batch: dot_q4_k_gemm, BatchRule::WholeGroupsOf4, btile: super::tiles_k::vnni_q4_k_gemm);
-    table!(KQ5K: dot_q5_k, quant_q8_k, k::dequantize_q5_k, Q8_K, tile: super::tiles_k::vnni_q5_k);
-    table!(KQ6K: dot_q6_k, quant_q8_k, k::dequantize_q6_k, Q8_K, tile: super::tiles_k::vnni_q6_k, batch: dot_q6_k_tiled, BatchRule::AllFrom(8), btile: super::tiles_k::vnni_q6_k_tiled);
+    table!(KQ4_0: dot_q4_0, quant_q8_0, l::dequantize_q4_0, Q8_0, tile: vnni_q4_0, packed: pk(&panel::Q4_0, super::panel::tile_q4_0));
+    table!(KQ4_1: dot_q4_1, quant_q8_1, l::dequantize_q4_1, Q8_1, tile: vnni_q4_1, packed: pk(&panel::Q4_1, super::panel::tile_q4_1));
+    table!(KQ5_0: dot_q5_0, quant_q8_0, l::dequantize_q5_0, Q8_0, tile: vnni_q5_0, packed: pk(&panel::Q5_0, super::panel::tile_q5_0));
+    table!(KQ5_1: dot_q5_1, quant_q8_1, l::dequantize_q5_1, Q8_1, tile: vnni_q5_1, packed: pk(&panel::Q5_1, super::panel::tile_q5_1));
+    table!(KQ8_0: dot_q8_0, quant_q8_0, l::dequantize_q8_0, Q8_0, tile: vnni_q8_0, packed: pk(&panel::Q8_0, super::panel::tile_q8_0));
+    table!(KQ4K: dot_q4_k, quant_q8_k, k::dequantize_q4_k, Q8_K, tile: super::tiles_k::vnni_q4_k, batch: dot_q4_k_gemm, BatchRule::WholeGroupsOf4, btile: super::tiles_k::vnni_q4_k_gemm, packed: pk(&panel::Q4_K, super::panel::tile_q4_k));
+    table!(KQ5K: dot_q5_k, quant_q8_k, k::dequantize_q5_k, Q8_K, tile: super::tiles_k::vnni_q5_k, packed: pk(&panel::Q5_K, super::panel::tile_q5_k));
+    table!(KQ6K: dot_q6_k, quant_q8_k, k::dequantize_q6_k, Q8_K, tile: super::tiles_k::vnni_q6_k, batch: dot_q6_k_tiled, BatchRule::AllFrom(8), btile: super::tiles_k::vnni_q6_k_tiled, packed: pk(&panel::Q6_K, super::panel::tile_q6_k));
     Some(match t {
         F32 => &KF32,
         F16 => &KF16,

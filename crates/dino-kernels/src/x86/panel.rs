@@ -1,0 +1,411 @@
+//! AVX-512 VNNI GEMM over the row-interleaved ("x16") layouts of `scalar/panel.rs`, which
+//! describes the layouts and the arithmetic these kernels equal bit for bit.
+//!
+//! A micro-tile is 16 rows (one register of per-row lanes) × up to 8 tokens: per block the
+//! weights are unpacked once into up to 8 registers of unsigned bytes, then every token adds
+//! `B / 4` `vpdpbusd` (4 activation bytes broadcast from memory) into its integer sum and folds
+//! it into its float accumulator with two FMAs. Decode is the same code with one token.
+
+use core::arch::x86_64::*;
+
+use super::avx512::avx512_detected;
+use crate::dispatch::Tile;
+use crate::scalar::panel::{self, act_row_bytes, Layout, ACT_TINY, ROWS};
+
+/// Tokens per micro-tile.
+const MT: usize = 8;
+/// How far ahead of the current unit decode prefetches the weight stream.
+const PREFETCH_BYTES: usize = 1024;
+
+/// One layout's register decoding.
+trait X16 {
+    const L: &'static Layout;
+    /// Per-unit state (converted super-block scales).
+    type U: Copy;
+    unsafe fn unit(p: *const u8) -> Self::U;
+    /// Block `blk` of the unit at `p`: fills `w[..block / 4]`, returns `(dw, bw)`.
+    unsafe fn block(p: *const u8, u: Self::U, blk: usize, w: &mut [__m512i; 8])
+        -> (__m512, __m512);
+}
+
+#[inline(always)]
+unsafe fn ld(p: *const u8) -> __m512i {
+    _mm512_loadu_si512(p.cast())
+}
+
+#[inline(always)]
+unsafe fn f16x16(p: *const u8) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+}
+
+/// 16 bytes at `p` as f32 lanes (unsigned or signed).
+#[inline(always)]
+unsafe fn u8x16(p: *const u8) -> __m512 {
+    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())))
+}
+#[inline(always)]
+unsafe fn i8x16(p: *const u8) -> __m512 {
+    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
+}
+
+#[inline(always)]
+unsafe fn nibbles4(p: *const u8, w: &mut [__m512i; 8]) {
+    let m = _mm512_set1_epi8(0x0F);
+    for i in 0..4 {
+        let q = ld(p.add(64 * i));
+        w[i] = _mm512_and_si512(q, m);
+        w[i + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m);
+    }
+}
+
+struct Q40;
+impl X16 for Q40 {
+    const L: &'static Layout = &panel::Q4_0;
+    type U = ();
+    unsafe fn unit(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn block(p: *const u8, _: (), _: usize, w: &mut [__m512i; 8]) -> (__m512, __m512) {
+        nibbles4(p.add(32), w);
+        let dw = f16x16(p);
+        (dw, _mm512_mul_ps(dw, _mm512_set1_ps(-8.0)))
+    }
+}
+
+struct Q41;
+impl X16 for Q41 {
+    const L: &'static Layout = &panel::Q4_1;
+    type U = ();
+    unsafe fn unit(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn block(p: *const u8, _: (), _: usize, w: &mut [__m512i; 8]) -> (__m512, __m512) {
+        nibbles4(p.add(64), w);
+        (f16x16(p), f16x16(p.add(32)))
+    }
+}
+
+/// Adds 16 to the bytes of `w[g]` whose bit is set in mask `g` (8 bytes each from `p`).
+#[inline(always)]
+unsafe fn high_bits(p: *const u8, w: &mut [__m512i; 8]) {
+    let sixteen = _mm512_set1_epi8(16);
+    for (g, w) in w.iter_mut().enumerate() {
+        let k = _cvtu64_mask64(p.add(8 * g).cast::<u64>().read_unaligned());
+        *w = _mm512_mask_add_epi8(*w, k, *w, sixteen);
+    }
+}
+
+struct Q50;
+impl X16 for Q50 {
+    const L: &'static Layout = &panel::Q5_0;
+    type U = ();
+    unsafe fn unit(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn block(p: *const u8, _: (), _: usize, w: &mut [__m512i; 8]) -> (__m512, __m512) {
+        nibbles4(p.add(96), w);
+        high_bits(p.add(32), w);
+        let dw = f16x16(p);
+        (dw, _mm512_mul_ps(dw, _mm512_set1_ps(-16.0)))
+    }
+}
+
+struct Q51;
+impl X16 for Q51 {
+    const L: &'static Layout = &panel::Q5_1;
+    type U = ();
+    unsafe fn unit(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn block(p: *const u8, _: (), _: usize, w: &mut [__m512i; 8]) -> (__m512, __m512) {
+        nibbles4(p.add(128), w);
+        high_bits(p.add(64), w);
+        (f16x16(p), f16x16(p.add(32)))
+    }
+}
+
+struct Q80;
+impl X16 for Q80 {
+    const L: &'static Layout = &panel::Q8_0;
+    type U = ();
+    unsafe fn unit(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn block(p: *const u8, _: (), _: usize, w: &mut [__m512i; 8]) -> (__m512, __m512) {
+        let flip = _mm512_set1_epi8(-128);
+        for (g, w) in w.iter_mut().enumerate() {
+            *w = _mm512_xor_si512(ld(p.add(32 + 64 * g)), flip);
+        }
+        let dw = f16x16(p);
+        (dw, _mm512_mul_ps(dw, _mm512_set1_ps(-128.0)))
+    }
+}
+
+struct Q4K;
+impl X16 for Q4K {
+    const L: &'static Layout = &panel::Q4_K;
+    type U = (__m512, __m512);
+    #[inline(always)]
+    unsafe fn unit(p: *const u8) -> (__m512, __m512) {
+        (f16x16(p), f16x16(p.add(32)))
+    }
+    #[inline(always)]
+    unsafe fn block(
+        p: *const u8,
+        (d, dmin): (__m512, __m512),
+        s: usize,
+        w: &mut [__m512i; 8],
+    ) -> (__m512, __m512) {
+        let m = _mm512_set1_epi8(0x0F);
+        let q = p.add(panel::Q4K_QS + 512 * (s / 2));
+        if s.is_multiple_of(2) {
+            for (i, w) in w.iter_mut().enumerate() {
+                *w = _mm512_and_si512(ld(q.add(64 * i)), m);
+            }
+        } else {
+            for (i, w) in w.iter_mut().enumerate() {
+                *w = _mm512_and_si512(_mm512_srli_epi16::<4>(ld(q.add(64 * i))), m);
+            }
+        }
+        let dw = _mm512_mul_ps(d, u8x16(p.add(panel::Q4K_SC + ROWS * s)));
+        let mn = _mm512_mul_ps(dmin, u8x16(p.add(panel::Q4K_M + ROWS * s)));
+        // -(dmin · m): the sign flip is exact, as in the reference.
+        (dw, _mm512_xor_ps(mn, _mm512_set1_ps(-0.0)))
+    }
+}
+
+struct Q5K;
+impl X16 for Q5K {
+    const L: &'static Layout = &panel::Q5_K;
+    type U = (__m512, __m512);
+    #[inline(always)]
+    unsafe fn unit(p: *const u8) -> (__m512, __m512) {
+        (f16x16(p), f16x16(p.add(32)))
+    }
+    #[inline(always)]
+    unsafe fn block(
+        p: *const u8,
+        (d, dmin): (__m512, __m512),
+        s: usize,
+        w: &mut [__m512i; 8],
+    ) -> (__m512, __m512) {
+        let m = _mm512_set1_epi8(0x0F);
+        let q = p.add(panel::Q5K_QS + 512 * (s / 2));
+        if s.is_multiple_of(2) {
+            for (i, w) in w.iter_mut().enumerate() {
+                *w = _mm512_and_si512(ld(q.add(64 * i)), m);
+            }
+        } else {
+            for (i, w) in w.iter_mut().enumerate() {
+                *w = _mm512_and_si512(_mm512_srli_epi16::<4>(ld(q.add(64 * i))), m);
+            }
+        }
+        high_bits(p.add(panel::Q5K_H + 64 * s), w);
+        let dw = _mm512_mul_ps(d, u8x16(p.add(panel::Q4K_SC + ROWS * s)));
+        let mn = _mm512_mul_ps(dmin, u8x16(p.add(panel::Q4K_M + ROWS * s)));
+        (dw, _mm512_xor_ps(mn, _mm512_set1_ps(-0.0)))
+    }
+}
+
+struct Q6K;
+impl X16 for Q6K {
+    const L: &'static Layout = &panel::Q6_K;
+    type U = __m512;
+    #[inline(always)]
+    unsafe fn unit(p: *const u8) -> __m512 {
+        f16x16(p)
+    }
+    #[inline(always)]
+    unsafe fn block(p: *const u8, d: __m512, s: usize, w: &mut [__m512i; 8]) -> (__m512, __m512) {
+        let (c, g0) = (s / 8, 4 * (s % 8));
+        let lo = p.add(panel::Q6K_L + 1024 * c + 64 * (g0 % 16));
+        let hi = p.add(panel::Q6K_H + 512 * c + 64 * (g0 % 8));
+        let ls = _mm_cvtsi32_si128(4 * (g0 / 16) as i32);
+        let hs = _mm_cvtsi32_si128(2 * (g0 / 8) as i32);
+        let (m4, m2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
+        for (i, w) in w.iter_mut().take(4).enumerate() {
+            let l = _mm512_and_si512(_mm512_srl_epi16(ld(lo.add(64 * i)), ls), m4);
+            let h = _mm512_and_si512(_mm512_srl_epi16(ld(hi.add(64 * i)), hs), m2);
+            *w = _mm512_or_si512(l, _mm512_slli_epi16::<4>(h));
+        }
+        let dw = _mm512_mul_ps(d, i8x16(p.add(panel::Q6K_SC + ROWS * s)));
+        (dw, _mm512_mul_ps(dw, _mm512_set1_ps(-32.0)))
+    }
+}
+
+/// 16 rows of one group × `N` tokens from `acts` (activation rows of `ab` bytes).
+#[inline(always)]
+unsafe fn micro<K: X16, const N: usize>(
+    group: *const u8,
+    n: usize,
+    acts: *const u8,
+    ab: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let l = K::L;
+    let (nb, ng) = (l.unit / l.block, l.block / 4);
+    let sum_off = if l.block == 32 {
+        n + n / 32 * 4
+    } else {
+        n + n / 32 * 8
+    };
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut w = [_mm512_setzero_si512(); 8];
+    for u in 0..n / l.unit {
+        let p = group.add(u * l.unit_bytes);
+        if N == 1 {
+            // A hint only; `wrapping_add` keeps the address computation defined.
+            _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH_BYTES));
+        }
+        let us = K::unit(p);
+        for blk in 0..nb {
+            let (dw, bw) = K::block(p, us, blk, &mut w);
+            let e0 = u * l.unit + blk * l.block;
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let a = acts.add(j * ab);
+                // Two independent chains when few tokens leave the core idle between them.
+                let mut isum = [_mm512_setzero_si512(); 2];
+                for (g, &wg) in w.iter().take(ng).enumerate() {
+                    let x = a.add(e0 + 4 * g).cast::<i32>().read_unaligned();
+                    let c = if N <= 2 { g % 2 } else { 0 };
+                    isum[c] = _mm512_dpbusd_epi32(isum[c], wg, _mm512_set1_epi32(x));
+                }
+                let isum = if N <= 2 {
+                    _mm512_add_epi32(isum[0], isum[1])
+                } else {
+                    isum[0]
+                };
+                let da = a.add(n + 4 * (e0 / 32)).cast::<f32>().read_unaligned();
+                let sa = a
+                    .add(sum_off + 4 * (e0 / l.block))
+                    .cast::<f32>()
+                    .read_unaligned();
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+                *acc = _mm512_fmadd_ps(bw, _mm512_set1_ps(sa), *acc);
+            }
+        }
+    }
+    for (j, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(j * out_stride), *acc);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_impl<K: X16>(t: &mut Tile) {
+    let n = t.n;
+    let gb = K::L.group_bytes(n);
+    let ab = act_row_bytes(n);
+    let w = t.w.as_ptr();
+    let a = t.a.as_ptr();
+    let out = t.out.as_mut_ptr();
+    for g in 0..t.n_rows / ROWS {
+        let mut t0 = 0;
+        while t0 < t.n_tok {
+            let nt = (t.n_tok - t0).min(MT);
+            let (gp, ap, op) = (
+                w.add(g * gb),
+                a.add(t0 * ab),
+                out.add(t0 * t.n_rows + g * ROWS),
+            );
+            match nt {
+                8 => micro::<K, 8>(gp, n, ap, ab, op, t.n_rows),
+                7 => micro::<K, 7>(gp, n, ap, ab, op, t.n_rows),
+                6 => micro::<K, 6>(gp, n, ap, ab, op, t.n_rows),
+                5 => micro::<K, 5>(gp, n, ap, ab, op, t.n_rows),
+                4 => micro::<K, 4>(gp, n, ap, ab, op, t.n_rows),
+                3 => micro::<K, 3>(gp, n, ap, ab, op, t.n_rows),
+                2 => micro::<K, 2>(gp, n, ap, ab, op, t.n_rows),
+                _ => micro::<K, 1>(gp, n, ap, ab, op, t.n_rows),
+            }
+            t0 += nt;
+        }
+    }
+}
+
+fn tile<K: X16>(t: &mut Tile) {
+    assert!(avx512_detected());
+    let l = K::L;
+    assert!(t.n.is_multiple_of(l.unit) && t.n_rows.is_multiple_of(ROWS));
+    assert!(t.w.len() >= t.n_rows / ROWS * l.group_bytes(t.n));
+    assert!(t.a.len() >= t.n_tok * act_row_bytes(t.n));
+    assert!(t.out.len() >= t.n_tok * t.n_rows);
+    // SAFETY: the CPU has the enabled features (asserted above; the avx512 table is handed out
+    // only after the same detection), and the asserts bound every access: the kernel reads
+    // `n_rows / 16` groups of `group_bytes(n)` weight bytes, `n_tok` activation rows of
+    // `act_row_bytes(n)` bytes, and writes `n_tok × n_rows` outputs.
+    unsafe { tile_impl::<K>(t) }
+}
+
+pub(super) fn tile_q4_0(t: &mut Tile) {
+    tile::<Q40>(t)
+}
+pub(super) fn tile_q4_1(t: &mut Tile) {
+    tile::<Q41>(t)
+}
+pub(super) fn tile_q5_0(t: &mut Tile) {
+    tile::<Q50>(t)
+}
+pub(super) fn tile_q5_1(t: &mut Tile) {
+    tile::<Q51>(t)
+}
+pub(super) fn tile_q8_0(t: &mut Tile) {
+    tile::<Q80>(t)
+}
+pub(super) fn tile_q5_k(t: &mut Tile) {
+    tile::<Q5K>(t)
+}
+pub(super) fn tile_q4_k(t: &mut Tile) {
+    tile::<Q4K>(t)
+}
+pub(super) fn tile_q6_k(t: &mut Tile) {
+    tile::<Q6K>(t)
+}
+
+/// `panel::quantize_act` with AVX-512 (bit-identical).
+pub(super) fn quantize_act(x: &[f32], dst: &mut [u8]) {
+    let n = x.len();
+    assert!(avx512_detected() && n.is_multiple_of(32) && dst.len() == act_row_bytes(n));
+    // SAFETY: features detected above; `quant` reads `n` floats and writes `act_row_bytes(n)`
+    // bytes, both asserted.
+    unsafe { quant(x, dst) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn quant(x: &[f32], dst: &mut [u8]) {
+    let n = x.len();
+    let nb = n / 32;
+    let (qs, meta) = dst.split_at_mut(n);
+    let (d, sums) = meta.split_at_mut(nb * 4);
+    let (s32, s16) = sums.split_at_mut(nb * 4);
+    let abs = _mm512_set1_ps(-0.0);
+    let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+    for b in 0..nb {
+        let v0 = _mm512_loadu_ps(x.as_ptr().add(32 * b));
+        let v1 = _mm512_loadu_ps(x.as_ptr().add(32 * b + 16));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(
+            _mm512_andnot_ps(abs, v0),
+            _mm512_andnot_ps(abs, v1),
+        ));
+        let (dd, id) = if amax >= ACT_TINY {
+            (amax / 127.0, 127.0 / amax)
+        } else {
+            (0.0, 0.0)
+        };
+        let idv = _mm512_set1_ps(id);
+        let q0 = _mm512_min_epi32(
+            _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v0, idv)), lo),
+            hi,
+        );
+        let q1 = _mm512_min_epi32(
+            _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v1, idv)), lo),
+            hi,
+        );
+        _mm_storeu_si128(qs.as_mut_ptr().add(32 * b).cast(), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(
+            qs.as_mut_ptr().add(32 * b + 16).cast(),
+            _mm512_cvtepi32_epi8(q1),
+        );
+        let (h0, h1) = (_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1));
+        d[4 * b..4 * b + 4].copy_from_slice(&dd.to_le_bytes());
+        s32[4 * b..4 * b + 4].copy_from_slice(&(dd * (h0 + h1) as f32).to_le_bytes());
+        s16[8 * b..8 * b + 4].copy_from_slice(&(dd * h0 as f32).to_le_bytes());
+        s16[8 * b + 4..8 * b + 8].copy_from_slice(&(dd * h1 as f32).to_le_bytes());
+    }
+}
