@@ -230,6 +230,8 @@ pub struct OpKernels {
     /// Decode attention of a GQA group of query heads with llama.cpp's f16 arithmetic
     /// (`ops::attend_head_decode`).
     pub attend_decode: crate::ops::AttendFn,
+    /// Prompt attention over a transposed f32 cache copy (`ops::attend_prompt_scalar`).
+    pub attend_prompt: crate::ops::AttendPromptFn,
     /// `gate = silu(gate) * up` (`ops::swiglu`).
     pub swiglu: fn(&mut [f32], &[f32]),
 }
@@ -243,6 +245,7 @@ pub fn op_kernels() -> &'static OpKernels {
 pub fn op_kernels_for(isa: Isa) -> Option<&'static OpKernels> {
     static SCALAR: OpKernels = OpKernels {
         attend_decode: crate::ops::attend_group_decode_scalar,
+        attend_prompt: crate::ops::attend_prompt_scalar,
         swiglu: crate::ops::swiglu_scalar,
     };
     match isa {

@@ -197,79 +197,129 @@ pub fn attend_head(
     }
 }
 
-/// Positions per tile of [`attend_head_f32`].
-const ATTN_TILE: usize = 64;
+/// Positions per tile of the prompt attention ([`attend_prompt`]).
+pub const ATTN_TILE: usize = 64;
+/// Lanes of the prompt attention's sum of weights (its SIMD width).
+pub const ATTN_LANES: usize = 8;
 
-/// Causal attention of one query head over an f32 copy of the cache (prompt batches): scores
-/// are computed a tile of 64 positions at a time, then the tile's maximum rescales the running
-/// sum and accumulator once (flash-attention style, as llama.cpp's tiled CPU path), and the
-/// value rows are accumulated with SIMD dot products and AXPYs.
+/// The exponential of the prompt attention's softmax, for `x <= 0` (scores minus their
+/// maximum): ggml's polynomial (as [`ggml_expf`]) with the power of two built in f32, and
+/// results below 2^-125 flushed to zero (they cannot move a softmax whose largest weight is 1).
+/// The SIMD twins compute exactly this.
+#[inline]
+pub fn exp_attn(x: f32) -> f32 {
+    let c = f32::from_bits;
+    let r = c(0x4b40_0000);
+    let z = x.mul_add(c(0x3fb8_aa3b), r);
+    let n = z - r;
+    let b = (-n).mul_add(c(0x35bf_be8e), (-n).mul_add(c(0x3f31_7200), x));
+    let u = b * b;
+    let j = c(0x3c07_2010)
+        .mul_add(b, c(0x3d2b_9f17))
+        .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
+        .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    // x = -inf gives n = NaN: a zero weight too.
+    if n.is_nan() || n < -125.0 {
+        return 0.0;
+    }
+    j * c(((n as i32 + 127) as u32) << 23)
+}
+
+/// Prompt attention of one query head over `n_vis` positions of an f32 copy of one sequence's
+/// cache, in 64-position tiles (flash-attention style, as llama.cpp's tiled CPU path):
+/// the tile's scores, its maximum rescaling the running sum and accumulator once, then the
+/// value rows accumulated. This scalar form defines the order the SIMD twins keep: each score
+/// is an FMA chain over the head dimension, the weights' sum runs in 8 lanes (position `p`
+/// into lane `p % 8`) added up in lane order at the end, and each output element is an FMA
+/// chain over positions.
 ///
-/// `q`: `[head_dim]`; `k`, `v`: `[n_pos, n_head_kv * head_dim]` f32; `out`: `[head_dim]`.
-pub fn attend_head_f32(
+/// `q`: `[head_dim]`; `kt`: `[n_head_kv, head_dim, p_pad]` (K transposed, zero beyond the
+/// cached positions, `p_pad` a multiple of 64); `v`: `[>= n_vis, n_head_kv * head_dim]`;
+/// `out`: `[head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_prompt_scalar(
     q: &[f32],
-    k: &[f32],
+    kt: &[f32],
+    p_pad: usize,
     v: &[f32],
-    n_pos: usize,
+    n_vis: usize,
     kv_head: usize,
     s: &AttnShape,
     out: &mut [f32],
 ) {
     let hd = s.head_dim;
     let row = s.n_head_kv * hd;
-    let off = kv_head * hd;
-    let dot = crate::dispatch::kernels(dino_core::GgmlType::F32)
-        .expect("F32 is always supported")
-        .vec_dot;
-    let qb = f32_bytes(q);
+    let kt = &kt[kv_head * hd * p_pad..(kv_head + 1) * hd * p_pad];
+    assert!(n_vis <= p_pad && p_pad.is_multiple_of(ATTN_TILE) && q.len() == hd);
     let mut max = f32::NEG_INFINITY;
-    let mut sum = 0f32;
+    let mut sums = [0f32; ATTN_LANES];
     out.fill(0.0);
-    let mut scores = [0f32; ATTN_TILE];
-    let mut p0 = 0;
-    while p0 < n_pos {
-        let p1 = (p0 + ATTN_TILE).min(n_pos);
-        let sc = &mut scores[..p1 - p0];
-        let mut tile_max = f32::NEG_INFINITY;
-        for (i, sv) in sc.iter_mut().enumerate() {
-            let p = p0 + i;
-            *sv = dot(hd, f32_bytes(&k[p * row + off..p * row + off + hd]), qb) * s.scale;
-            tile_max = tile_max.max(*sv);
-        }
-        if tile_max > max {
-            let c = (max - tile_max).exp();
-            sum *= c;
-            for o in out.iter_mut() {
-                *o *= c;
+    let mut sc = [0f32; ATTN_TILE];
+    for p0 in (0..n_vis).step_by(ATTN_TILE) {
+        for (l, sv) in sc.iter_mut().enumerate() {
+            let mut acc = 0f32;
+            for (d, &qd) in q.iter().enumerate() {
+                acc = qd.mul_add(kt[d * p_pad + p0 + l], acc);
             }
+            *sv = if p0 + l < n_vis {
+                acc * s.scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+        let tile_max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if tile_max > max {
+            let c = exp_attn(max - tile_max);
+            sums.iter_mut().for_each(|x| *x *= c);
+            out.iter_mut().for_each(|x| *x *= c);
             max = tile_max;
         }
-        for (i, &sv) in sc.iter().enumerate() {
-            let p = p0 + i;
-            let w = (sv - max).exp();
-            sum += w;
-            axpy(out, w, &v[p * row + off..p * row + off + hd]);
+        for (l, sv) in sc.iter_mut().enumerate() {
+            *sv = exp_attn(*sv - max);
+            sums[l % ATTN_LANES] += *sv;
         }
-        p0 = p1;
+        for (l, &w) in sc.iter().enumerate().take(n_vis - p0) {
+            let vr = &v[(p0 + l) * row + kv_head * hd..][..hd];
+            for (o, &x) in out.iter_mut().zip(vr) {
+                *o = w.mul_add(x, *o);
+            }
+        }
     }
+    let sum = sums.iter().fold(0f32, |a, &b| a + b);
     let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    for o in out.iter_mut() {
-        *o *= inv;
-    }
+    out.iter_mut().for_each(|o| *o *= inv);
 }
 
-/// `y += a * x` (vectorized by the compiler: no reduction).
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
+/// [`attend_prompt_scalar`] or its SIMD twin (bit-identical), by the dispatch level.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_prompt(
+    q: &[f32],
+    kt: &[f32],
+    p_pad: usize,
+    v: &[f32],
+    n_vis: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    (crate::dispatch::op_kernels().attend_prompt)(q, kt, p_pad, v, n_vis, kv_head, s, out)
 }
 
-/// The bytes of an f32 slice (the kernel tables take raw little-endian rows).
-fn f32_bytes(x: &[f32]) -> &[u8] {
-    // SAFETY: any initialized f32 is 4 initialized bytes, u8 has alignment 1, and the length
-    // covers exactly the same memory; x86-64 and aarch64 are little-endian as the rows require.
-    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), std::mem::size_of_val(x)) }
+/// A prompt-attention kernel (see [`attend_prompt_scalar`]).
+pub type AttendPromptFn = fn(&[f32], &[f32], usize, &[f32], usize, usize, &AttnShape, &mut [f32]);
+
+/// `kt[h, d, p] = k[p, h * head_dim + d]` for `p < n_pos`, zero up to `p_pad`: the transposed
+/// f32 K that [`attend_prompt`] reads, from a cache of `n_pos` f16 rows.
+pub fn transpose_k(k: &[f16], n_pos: usize, s: &AttnShape, p_pad: usize, kt: &mut [f32]) {
+    let (hd, row) = (s.head_dim, s.n_head_kv * s.head_dim);
+    assert!(k.len() >= n_pos * row && kt.len() >= row * p_pad && n_pos <= p_pad);
+    for (hdim, col) in kt[..row * p_pad].chunks_exact_mut(p_pad).enumerate() {
+        let (h, d) = (hdim / hd, hdim % hd);
+        for (p, o) in col[..n_pos].iter_mut().enumerate() {
+            *o = k[p * row + h * hd + d].to_f32();
+        }
+        col[n_pos..].fill(0.0);
+    }
 }
 
 /// Attention of the query heads in `q` (`[n_q, head_dim]`, one GQA group reading `kv_head`;
@@ -403,7 +453,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tiled_f32_attention_matches_the_online_form() {
+    fn tiled_prompt_attention_matches_the_online_form() {
         let sh = AttnShape {
             n_head: 4,
             n_head_kv: 2,
@@ -420,16 +470,16 @@ mod tests {
                 .collect();
             let kh: Vec<f16> = kf.iter().map(|&x| f16::from_f32(x)).collect();
             let vh: Vec<f16> = vf.iter().map(|&x| f16::from_f32(x)).collect();
-            let (kr, vr): (Vec<f32>, Vec<f32>) = (
-                kh.iter().map(|x| x.to_f32()).collect(),
-                vh.iter().map(|x| x.to_f32()).collect(),
-            );
+            let vr: Vec<f32> = vh.iter().map(|x| x.to_f32()).collect();
+            let p_pad = n_pos.div_ceil(ATTN_TILE) * ATTN_TILE;
+            let mut kt = vec![f32::NAN; row * p_pad];
+            transpose_k(&kh, n_pos, &sh, p_pad, &mut kt);
             let q: Vec<f32> = (0..64).map(|i| (i as f32 * 0.3).cos()).collect();
             for kv_head in 0..2 {
                 let mut a = vec![0f32; 64];
                 let mut b = vec![0f32; 64];
                 attend_head(&q, &kh, &vh, n_pos, kv_head, &sh, &mut a);
-                attend_head_f32(&q, &kr, &vr, n_pos, kv_head, &sh, &mut b);
+                attend_prompt_scalar(&q, &kt, p_pad, &vr, n_pos, kv_head, &sh, &mut b);
                 for (x, y) in a.iter().zip(&b) {
                     assert!(
                         (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
@@ -438,6 +488,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn exp_attn_tracks_expf() {
+        for i in 0..2000 {
+            let x = -(i as f32) * 0.05;
+            let (a, b) = (exp_attn(x), x.exp());
+            assert!((a - b).abs() <= 4e-7 * b + 1e-37, "{x}: {a} vs {b}");
+        }
+        assert_eq!(exp_attn(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_attn(0.0), 1.0);
     }
 
     #[test]

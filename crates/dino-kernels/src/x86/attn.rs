@@ -2,17 +2,22 @@
 //! (llama.cpp's f16 one-chunk flash attention): the same f16 roundings (F16C converts with
 //! round-to-nearest-even, as `half` does), the same fused multiply-adds, the same 16-lane dot
 //! product order and the same scalar softmax updates.
+//!
+//! Also the prompt attention over a transposed f32 cache (`attend_prompt`), bit-identical to
+//! `ops::attend_prompt_scalar`: 8 positions per register for the scores, 8 value elements per
+//! register for the accumulator, the same FMA chains and the same exponential.
 
 use core::arch::x86_64::*;
 
 use super::avx2::avx2_detected;
 use crate::dispatch::OpKernels;
-use crate::ops::AttnShape;
+use crate::ops::{AttnShape, ATTN_LANES, ATTN_TILE};
 use half::f16;
 
 pub(crate) fn avx2_op_kernels() -> Option<&'static OpKernels> {
     static K: OpKernels = OpKernels {
         attend_decode,
+        attend_prompt,
         swiglu,
     };
     avx2_detected().then_some(&K)
@@ -206,4 +211,145 @@ unsafe fn attend_group(
             *o = a * inv;
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend_prompt(
+    q: &[f32],
+    kt: &[f32],
+    p_pad: usize,
+    v: &[f32],
+    n_vis: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    let hd = s.head_dim;
+    if !hd.is_multiple_of(ATTN_TILE) {
+        return crate::ops::attend_prompt_scalar(q, kt, p_pad, v, n_vis, kv_head, s, out);
+    }
+    let row = s.n_head_kv * hd;
+    assert!(avx2_detected() && q.len() == hd && out.len() == hd && kv_head < s.n_head_kv);
+    assert!(n_vis <= p_pad && p_pad.is_multiple_of(ATTN_TILE));
+    assert!(kt.len() >= row * p_pad && v.len() >= n_vis * row);
+    // SAFETY: avx2/fma detected (asserted); the asserts bound every access: scores read
+    // `kt[(kv_head * hd + d) * p_pad + p]` for `p < p_pad`, values read rows `p < n_vis` of
+    // `v`, and `q`/`out` are `hd` long.
+    unsafe { attend_prompt_avx2(q, kt, p_pad, v, n_vis, kv_head, s, out) }
+}
+
+/// `ops::exp_attn` on 8 lanes (same operations, same roundings).
+#[inline(always)]
+unsafe fn exp_attn8(x: __m256) -> __m256 {
+    let c = |b: u32| _mm256_set1_ps(f32::from_bits(b));
+    let r = c(0x4b40_0000);
+    let n = _mm256_sub_ps(_mm256_fmadd_ps(x, c(0x3fb8_aa3b), r), r);
+    let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm256_fmadd_ps(c(0x3f7f_fff6), b, _mm256_set1_ps(1.0)),
+    );
+    let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e));
+    let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(n, _mm256_set1_ps(-125.0));
+    _mm256_and_ps(_mm256_mul_ps(j, pow2), keep)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_prompt_avx2(
+    q: &[f32],
+    kt: &[f32],
+    p_pad: usize,
+    v: &[f32],
+    n_vis: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    const R: usize = ATTN_TILE / 8;
+    let hd = s.head_dim;
+    let row = s.n_head_kv * hd;
+    let kt = kt.as_ptr().add(kv_head * hd * p_pad);
+    let vp = v.as_ptr().add(kv_head * hd);
+    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut max = f32::NEG_INFINITY;
+    let mut sums = _mm256_setzero_ps();
+    out.fill(0.0);
+    let mut w = [0f32; ATTN_TILE];
+    for p0 in (0..n_vis).step_by(ATTN_TILE) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (d, &qd) in q.iter().enumerate() {
+            let qv = _mm256_set1_ps(qd);
+            let r = kt.add(d * p_pad + p0);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r.add(8 * i)), *a);
+            }
+        }
+        let scale = _mm256_set1_ps(s.scale);
+        let mut tmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_mul_ps(*a, scale);
+            if p0 + 8 * (i + 1) > n_vis {
+                let idx = _mm256_add_epi32(iota, _mm256_set1_epi32((p0 + 8 * i) as i32));
+                let visible = _mm256_cmpgt_epi32(_mm256_set1_epi32(n_vis as i32), idx);
+                *a = _mm256_blendv_ps(
+                    _mm256_set1_ps(f32::NEG_INFINITY),
+                    *a,
+                    _mm256_castsi256_ps(visible),
+                );
+            }
+            tmax = _mm256_max_ps(tmax, *a);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), tmax);
+        let tile_max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if tile_max > max {
+            let c = crate::ops::exp_attn(max - tile_max);
+            let cv = _mm256_set1_ps(c);
+            sums = _mm256_mul_ps(sums, cv);
+            for o in out.chunks_exact_mut(8) {
+                _mm256_storeu_ps(
+                    o.as_mut_ptr(),
+                    _mm256_mul_ps(_mm256_loadu_ps(o.as_ptr()), cv),
+                );
+            }
+            max = tile_max;
+        }
+        let mv = _mm256_set1_ps(max);
+        for (i, a) in acc.iter().enumerate() {
+            let e = exp_attn8(_mm256_sub_ps(*a, mv));
+            sums = _mm256_add_ps(sums, e);
+            _mm256_storeu_ps(w.as_mut_ptr().add(8 * i), e);
+        }
+        let n_l = (n_vis - p0).min(ATTN_TILE);
+        for c0 in (0..hd).step_by(64) {
+            let o = out.as_mut_ptr().add(c0);
+            let mut oa = [_mm256_setzero_ps(); 8];
+            for (i, x) in oa.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(o.add(8 * i));
+            }
+            for (l, &wl) in w.iter().enumerate().take(n_l) {
+                let wv = _mm256_set1_ps(wl);
+                let r = vp.add((p0 + l) * row + c0);
+                for (i, x) in oa.iter_mut().enumerate() {
+                    *x = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r.add(8 * i)), *x);
+                }
+            }
+            for (i, x) in oa.iter().enumerate() {
+                _mm256_storeu_ps(o.add(8 * i), *x);
+            }
+        }
+    }
+    let mut lanes = [0f32; ATTN_LANES];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
+    let sum = lanes.iter().fold(0f32, |a, &b| a + b);
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    out.iter_mut().for_each(|o| *o *= inv);
 }

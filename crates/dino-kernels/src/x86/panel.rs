@@ -20,6 +20,10 @@ const PREFETCH_BYTES: usize = 1024;
 /// One layout's register decoding.
 trait X16 {
     const L: &'static Layout;
+    /// `L.unit`, `L.block`, `L.unit_bytes` as constants the compiler unrolls by.
+    const UNIT: usize;
+    const BLOCK: usize;
+    const UNIT_BYTES: usize;
     /// Per-unit state (converted super-block scales).
     type U: Copy;
     unsafe fn unit(p: *const u8) -> Self::U;
@@ -61,6 +65,9 @@ unsafe fn nibbles4(p: *const u8, w: &mut [__m512i; 8]) {
 struct Q40;
 impl X16 for Q40 {
     const L: &'static Layout = &panel::Q4_0;
+    const UNIT: usize = 32;
+    const BLOCK: usize = 32;
+    const UNIT_BYTES: usize = 288;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -74,6 +81,9 @@ impl X16 for Q40 {
 struct Q41;
 impl X16 for Q41 {
     const L: &'static Layout = &panel::Q4_1;
+    const UNIT: usize = 32;
+    const BLOCK: usize = 32;
+    const UNIT_BYTES: usize = 320;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -96,6 +106,9 @@ unsafe fn high_bits(p: *const u8, w: &mut [__m512i; 8]) {
 struct Q50;
 impl X16 for Q50 {
     const L: &'static Layout = &panel::Q5_0;
+    const UNIT: usize = 32;
+    const BLOCK: usize = 32;
+    const UNIT_BYTES: usize = 352;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -110,6 +123,9 @@ impl X16 for Q50 {
 struct Q51;
 impl X16 for Q51 {
     const L: &'static Layout = &panel::Q5_1;
+    const UNIT: usize = 32;
+    const BLOCK: usize = 32;
+    const UNIT_BYTES: usize = 384;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -123,6 +139,9 @@ impl X16 for Q51 {
 struct Q80;
 impl X16 for Q80 {
     const L: &'static Layout = &panel::Q8_0;
+    const UNIT: usize = 32;
+    const BLOCK: usize = 32;
+    const UNIT_BYTES: usize = 544;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -139,28 +158,20 @@ impl X16 for Q80 {
 struct Q4K;
 impl X16 for Q4K {
     const L: &'static Layout = &panel::Q4_K;
-    type U = (__m512, __m512);
+    const UNIT: usize = 256;
+    const BLOCK: usize = 32;
+    const UNIT_BYTES: usize = panel::Q4K_QS + 4 * 512;
+    // The super-block scales are re-read per block: kept live they cost two registers.
+    type U = ();
+    unsafe fn unit(_: *const u8) {}
     #[inline(always)]
-    unsafe fn unit(p: *const u8) -> (__m512, __m512) {
-        (f16x16(p), f16x16(p.add(32)))
-    }
-    #[inline(always)]
-    unsafe fn block(
-        p: *const u8,
-        (d, dmin): (__m512, __m512),
-        s: usize,
-        w: &mut [__m512i; 8],
-    ) -> (__m512, __m512) {
+    unsafe fn block(p: *const u8, _: (), s: usize, w: &mut [__m512i; 8]) -> (__m512, __m512) {
+        let (d, dmin) = (f16x16(p), f16x16(p.add(32)));
         let m = _mm512_set1_epi8(0x0F);
         let q = p.add(panel::Q4K_QS + 512 * (s / 2));
-        if s.is_multiple_of(2) {
-            for (i, w) in w.iter_mut().enumerate() {
-                *w = _mm512_and_si512(ld(q.add(64 * i)), m);
-            }
-        } else {
-            for (i, w) in w.iter_mut().enumerate() {
-                *w = _mm512_and_si512(_mm512_srli_epi16::<4>(ld(q.add(64 * i))), m);
-            }
+        let shift = _mm_cvtsi32_si128(4 * (s % 2) as i32);
+        for (i, w) in w.iter_mut().enumerate() {
+            *w = _mm512_and_si512(_mm512_srl_epi16(ld(q.add(64 * i)), shift), m);
         }
         let dw = _mm512_mul_ps(d, u8x16(p.add(panel::Q4K_SC + ROWS * s)));
         let mn = _mm512_mul_ps(dmin, u8x16(p.add(panel::Q4K_M + ROWS * s)));
@@ -172,28 +183,20 @@ impl X16 for Q4K {
 struct Q5K;
 impl X16 for Q5K {
     const L: &'static Layout = &panel::Q5_K;
-    type U = (__m512, __m512);
+    const UNIT: usize = 256;
+    const BLOCK: usize = 32;
+    const UNIT_BYTES: usize = panel::Q5K_QS + 4 * 512;
+    // The super-block scales are re-read per block: kept live they cost two registers.
+    type U = ();
+    unsafe fn unit(_: *const u8) {}
     #[inline(always)]
-    unsafe fn unit(p: *const u8) -> (__m512, __m512) {
-        (f16x16(p), f16x16(p.add(32)))
-    }
-    #[inline(always)]
-    unsafe fn block(
-        p: *const u8,
-        (d, dmin): (__m512, __m512),
-        s: usize,
-        w: &mut [__m512i; 8],
-    ) -> (__m512, __m512) {
+    unsafe fn block(p: *const u8, _: (), s: usize, w: &mut [__m512i; 8]) -> (__m512, __m512) {
+        let (d, dmin) = (f16x16(p), f16x16(p.add(32)));
         let m = _mm512_set1_epi8(0x0F);
         let q = p.add(panel::Q5K_QS + 512 * (s / 2));
-        if s.is_multiple_of(2) {
-            for (i, w) in w.iter_mut().enumerate() {
-                *w = _mm512_and_si512(ld(q.add(64 * i)), m);
-            }
-        } else {
-            for (i, w) in w.iter_mut().enumerate() {
-                *w = _mm512_and_si512(_mm512_srli_epi16::<4>(ld(q.add(64 * i))), m);
-            }
+        let shift = _mm_cvtsi32_si128(4 * (s % 2) as i32);
+        for (i, w) in w.iter_mut().enumerate() {
+            *w = _mm512_and_si512(_mm512_srl_epi16(ld(q.add(64 * i)), shift), m);
         }
         high_bits(p.add(panel::Q5K_H + 64 * s), w);
         let dw = _mm512_mul_ps(d, u8x16(p.add(panel::Q4K_SC + ROWS * s)));
@@ -205,6 +208,9 @@ impl X16 for Q5K {
 struct Q6K;
 impl X16 for Q6K {
     const L: &'static Layout = &panel::Q6_K;
+    const UNIT: usize = 256;
+    const BLOCK: usize = 16;
+    const UNIT_BYTES: usize = panel::Q6K_H + 2 * 512;
     type U = __m512;
     #[inline(always)]
     unsafe fn unit(p: *const u8) -> __m512 {
@@ -238,42 +244,44 @@ unsafe fn micro<K: X16, const N: usize>(
     out: *mut f32,
     out_stride: usize,
 ) {
-    let l = K::L;
-    let (nb, ng) = (l.unit / l.block, l.block / 4);
-    let sum_off = if l.block == 32 {
+    let (nb, ng) = (K::UNIT / K::BLOCK, K::BLOCK / 4);
+    let sum_off = if K::BLOCK == 32 {
         n + n / 32 * 4
     } else {
         n + n / 32 * 8
     };
+    // With one or two tokens, two chains per token keep the `vpdpbusd` latency hidden.
+    let chains = if N <= 2 { 2 } else { 1 };
     let mut acc = [_mm512_setzero_ps(); N];
-    let mut w = [_mm512_setzero_si512(); 8];
-    for u in 0..n / l.unit {
-        let p = group.add(u * l.unit_bytes);
+    for u in 0..n / K::UNIT {
+        let p = group.add(u * K::UNIT_BYTES);
         if N == 1 {
             // A hint only; `wrapping_add` keeps the address computation defined.
             _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH_BYTES));
         }
         let us = K::unit(p);
         for blk in 0..nb {
+            let mut w = [_mm512_setzero_si512(); 8];
             let (dw, bw) = K::block(p, us, blk, &mut w);
-            let e0 = u * l.unit + blk * l.block;
+            let e0 = u * K::UNIT + blk * K::BLOCK;
+            let mut isum = [[_mm512_setzero_si512(); N]; 2];
+            // Group-major: N independent chains in flight, each weight register used N times.
+            for (g, &wg) in w.iter().take(ng).enumerate() {
+                for (j, isum) in isum[g % chains].iter_mut().enumerate() {
+                    let x = acts.add(j * ab + e0 + 4 * g).cast::<i32>().read_unaligned();
+                    *isum = _mm512_dpbusd_epi32(*isum, wg, _mm512_set1_epi32(x));
+                }
+            }
             for (j, acc) in acc.iter_mut().enumerate() {
                 let a = acts.add(j * ab);
-                // Two independent chains when few tokens leave the core idle between them.
-                let mut isum = [_mm512_setzero_si512(); 2];
-                for (g, &wg) in w.iter().take(ng).enumerate() {
-                    let x = a.add(e0 + 4 * g).cast::<i32>().read_unaligned();
-                    let c = if N <= 2 { g % 2 } else { 0 };
-                    isum[c] = _mm512_dpbusd_epi32(isum[c], wg, _mm512_set1_epi32(x));
-                }
-                let isum = if N <= 2 {
-                    _mm512_add_epi32(isum[0], isum[1])
+                let isum = if chains == 2 {
+                    _mm512_add_epi32(isum[0][j], isum[1][j])
                 } else {
-                    isum[0]
+                    isum[0][j]
                 };
                 let da = a.add(n + 4 * (e0 / 32)).cast::<f32>().read_unaligned();
                 let sa = a
-                    .add(sum_off + 4 * (e0 / l.block))
+                    .add(sum_off + 4 * (e0 / K::BLOCK))
                     .cast::<f32>()
                     .read_unaligned();
                 let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da));
@@ -322,6 +330,7 @@ unsafe fn tile_impl<K: X16>(t: &mut Tile) {
 fn tile<K: X16>(t: &mut Tile) {
     assert!(avx512_detected());
     let l = K::L;
+    debug_assert!(l.unit == K::UNIT && l.block == K::BLOCK && l.unit_bytes == K::UNIT_BYTES);
     assert!(t.n.is_multiple_of(l.unit) && t.n_rows.is_multiple_of(ROWS));
     assert!(t.w.len() >= t.n_rows / ROWS * l.group_bytes(t.n));
     assert!(t.a.len() >= t.n_tok * act_row_bytes(t.n));

@@ -52,9 +52,9 @@ struct Workspace {
     att: Vec<f32>,   // [n, n_head * head_dim]
     gate: Vec<f32>,  // [n, n_ff]: silu(gate) * up
     out_x: Vec<f32>, // [n_out, n_embd]
-    kf: Vec<f32>,    // [n_pos, n_head_kv * head_dim]: f32 copy of one sequence's K (prompt batches)
-    vf: Vec<f32>,    // [n_pos, n_head_kv * head_dim]: same for V
-    rope: Vec<f32>,  // [rope_dims]
+    kf: Vec<f32>, // [n_head_kv, head_dim, p_pad]: one sequence's K transposed to f32 (prompt batches)
+    vf: Vec<f32>, // [n_pos, n_head_kv * head_dim]: same for V
+    rope: Vec<f32>, // [rope_dims]
     mm: MatmulScratch,
 }
 
@@ -330,17 +330,17 @@ impl Model for Decoder {
                 let single_seq = batch.seq.iter().all(|&s| s == batch.seq[0]);
                 let n_pos = batch.pos.iter().max().map_or(0, |&p| p as usize + 1);
                 let f32_path = n >= 64 && single_seq;
+                let p_pad = n_pos.div_ceil(ops::ATTN_TILE) * ops::ATTN_TILE;
                 if f32_path {
                     let (kc, vc) = kv.seq_layer(il, batch.seq[0] as usize);
                     let len = n_pos * kvd;
-                    if ws.kf.len() < len {
-                        ws.kf.resize(len, 0.0);
+                    if ws.kf.len() < p_pad * kvd {
+                        ws.kf.resize(p_pad * kvd, 0.0);
+                    }
+                    if ws.vf.len() < len {
                         ws.vf.resize(len, 0.0);
                     }
-                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
-                        &kc[..len],
-                        &mut ws.kf[..len],
-                    );
+                    ops::transpose_k(kc, n_pos, &shape, p_pad, &mut ws.kf);
                     half::slice::HalfFloatSliceExt::convert_to_f32_slice(
                         &vc[..len],
                         &mut ws.vf[..len],
@@ -388,7 +388,16 @@ impl Model for Decoder {
                             let dst = unsafe { pa.slice(t * qd + h * hd, hd) };
                             let n_pos = batch.pos[t] as usize + 1;
                             if f32_path {
-                                ops::attend_head_f32(qh, kf, vf, n_pos, h / group, &shape, dst);
+                                ops::attend_prompt(
+                                    qh,
+                                    kf,
+                                    p_pad,
+                                    vf,
+                                    n_pos,
+                                    h / group,
+                                    &shape,
+                                    dst,
+                                );
                             } else {
                                 let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
                                 ops::attend_head(qh, kc, vc, n_pos, h / group, &shape, dst);
