@@ -15,7 +15,7 @@ use crate::scalar::panel::{self, act_row_bytes, Layout, ACT_TINY, ROWS};
 /// Tokens per micro-tile.
 const MT: usize = 8;
 /// How far ahead of the current unit decode prefetches the weight stream.
-const PREFETCH_BYTES: usize = 1024;
+const PREFETCH_BYTES: usize = 4096;
 
 /// One layout's register decoding.
 trait X16 {
@@ -30,6 +30,16 @@ trait X16 {
     /// Block `blk` of the unit at `p`: fills `w[..block / 4]`, returns `(dw, bw)`.
     unsafe fn block(p: *const u8, u: Self::U, blk: usize, w: &mut [__m512i; 8])
         -> (__m512, __m512);
+}
+
+/// `-x`, exactly (the sign bit flipped with an AVX-512F integer XOR: `_mm512_xor_ps` needs
+/// AVX-512DQ, which the level does not require).
+#[inline(always)]
+unsafe fn neg(x: __m512) -> __m512 {
+    _mm512_castsi512_ps(_mm512_xor_si512(
+        _mm512_castps_si512(x),
+        _mm512_set1_epi32(i32::MIN),
+    ))
 }
 
 #[inline(always)]
@@ -176,7 +186,7 @@ impl X16 for Q4K {
         let dw = _mm512_mul_ps(d, u8x16(p.add(panel::Q4K_SC + ROWS * s)));
         let mn = _mm512_mul_ps(dmin, u8x16(p.add(panel::Q4K_M + ROWS * s)));
         // -(dmin · m): the sign flip is exact, as in the reference.
-        (dw, _mm512_xor_ps(mn, _mm512_set1_ps(-0.0)))
+        (dw, neg(mn))
     }
 }
 
@@ -201,7 +211,7 @@ impl X16 for Q5K {
         high_bits(p.add(panel::Q5K_H + 64 * s), w);
         let dw = _mm512_mul_ps(d, u8x16(p.add(panel::Q4K_SC + ROWS * s)));
         let mn = _mm512_mul_ps(dmin, u8x16(p.add(panel::Q4K_M + ROWS * s)));
-        (dw, _mm512_xor_ps(mn, _mm512_set1_ps(-0.0)))
+        (dw, neg(mn))
     }
 }
 
@@ -256,8 +266,12 @@ unsafe fn micro<K: X16, const N: usize>(
     for u in 0..n / K::UNIT {
         let p = group.add(u * K::UNIT_BYTES);
         if N == 1 {
-            // A hint only; `wrapping_add` keeps the address computation defined.
-            _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH_BYTES));
+            // Decode streams the weights once: ask for every line of the unit
+            // `PREFETCH_BYTES` ahead (hints only; `wrapping_add` keeps the addresses defined).
+            let ahead = p.cast::<i8>().wrapping_add(PREFETCH_BYTES);
+            for line in 0..K::UNIT_BYTES.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+            }
         }
         let us = K::unit(p);
         for blk in 0..nb {
@@ -383,15 +397,11 @@ unsafe fn quant(x: &[f32], dst: &mut [u8]) {
     let (qs, meta) = dst.split_at_mut(n);
     let (d, sums) = meta.split_at_mut(nb * 4);
     let (s32, s16) = sums.split_at_mut(nb * 4);
-    let abs = _mm512_set1_ps(-0.0);
     let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
     for b in 0..nb {
         let v0 = _mm512_loadu_ps(x.as_ptr().add(32 * b));
         let v1 = _mm512_loadu_ps(x.as_ptr().add(32 * b + 16));
-        let amax = _mm512_reduce_max_ps(_mm512_max_ps(
-            _mm512_andnot_ps(abs, v0),
-            _mm512_andnot_ps(abs, v1),
-        ));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
         let (dd, id) = if amax >= ACT_TINY {
             (amax / 127.0, 127.0 / amax)
         } else {
