@@ -1,13 +1,13 @@
 //! Single-thread throughput of the repacked-layout GEMM (`dispatch::PackedKernels`) over a
 //! 2048 × 5632 matrix cut into matmul's prompt work items (32 rows × 64 tokens, or `TOKS`), in GMAC/s of
 //! thread CPU time (best run), with the fraction of the `vpdpbusd` peak (2 per cycle × 64 MACs) at the clock
-//! given as `GHZ` (default 3.5).
+//! given as `GHZ` (default 3.5; F16 runs on FMA, whose peak is 2 × 16 MACs per cycle).
 //!
 //! `cargo run --release -p dino-kernels --example panel_bench [TYPE ...] [-- reps]`
 
 use dino_core::GgmlType;
 use dino_kernels::dispatch::{kernels, Tile};
-use dino_kernels::panel::{act_row_bytes, ROWS};
+use dino_kernels::panel::ROWS;
 use dino_kernels::quant::{quantize_row, SUPPORTED};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -79,7 +79,7 @@ fn main() {
         let gb = l.group_bytes(N_IN);
         let mut packed = vec![0u8; N_OUT / ROWS * gb];
         l.pack(&w, N_IN, N_OUT, &mut packed);
-        let ab = act_row_bytes(N_IN);
+        let ab = l.act.row_bytes(N_IN);
         let mut a = vec![0u8; ab * n_tok];
         for ar in a.chunks_exact_mut(ab) {
             let xr: Vec<f32> = (0..N_IN).map(|_| rng.random_range(-1.0f32..1.0)).collect();

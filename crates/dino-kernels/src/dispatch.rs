@@ -117,7 +117,7 @@ pub struct PackedKernels {
     /// Tile over packed rows (`n_rows` a multiple of 16), every token, with activations made by
     /// `quantize_act`.
     pub tile: TileFn,
-    /// Quantizes f32 activations to the layout's format (`panel::act_row_bytes(n)` bytes).
+    /// Quantizes f32 activations to the layout's format (`layout.act.row_bytes(n)` bytes).
     pub quantize_act: fn(src: &[f32], dst: &mut [u8]),
 }
 
@@ -331,12 +331,17 @@ pub fn packed_reference(t: GgmlType) -> Option<PackedKernels> {
         GgmlType::Q4_K => p::tile_q4_k,
         GgmlType::Q5_K => p::tile_q5_k,
         GgmlType::Q6_K => p::tile_q6_k,
+        GgmlType::F16 => p::tile_f16,
         _ => return None,
     };
+    let layout = p::layout(t)?;
     Some(PackedKernels {
-        layout: p::layout(t)?,
+        layout,
         tile,
-        quantize_act: p::quantize_act,
+        quantize_act: match layout.act {
+            p::PanelAct::Int8 => p::quantize_act,
+            p::PanelAct::F32 => crate::scalar::float::f32_to_bytes,
+        },
     })
 }
 

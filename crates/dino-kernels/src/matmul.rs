@@ -258,9 +258,9 @@ pub fn matmul_fused(
                     .expect("activation type shares the block size");
                 (kernels_of(w).quantize_act, row as usize)
             }
-            ActKind::Panel => (
+            ActKind::Panel(act) => (
                 kernels_of(w).packed.expect("packed").quantize_act,
-                panel::act_row_bytes(n_in),
+                act.row_bytes(n_in),
             ),
         })
     });
@@ -295,12 +295,12 @@ pub fn matmul_fused(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ActKind {
     Ggml(GgmlType),
-    Panel,
+    Panel(panel::PanelAct),
 }
 
 fn act_kind(w: &QMatrix) -> ActKind {
     if w.packed {
-        ActKind::Panel
+        ActKind::Panel(kernels_of(w).packed.expect("packed").layout.act)
     } else {
         ActKind::Ggml(kernels_of(w).act_type)
     }

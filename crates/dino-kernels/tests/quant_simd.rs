@@ -549,7 +549,7 @@ fn attend_prompt_simd_equals_scalar() {
 #[test]
 fn packed_tiles_equal_the_scalar_layout_and_track_the_exact_product() {
     use dino_kernels::dispatch::{packed_reference, Tile};
-    use dino_kernels::panel::{act_row_bytes, ROWS};
+    use dino_kernels::panel::ROWS;
     let mut rng = StdRng::seed_from_u64(46);
     for t in SUPPORTED {
         let Some(reference) = packed_reference(t) else {
@@ -583,7 +583,7 @@ fn packed_tiles_equal_the_scalar_layout_and_track_the_exact_product() {
                 }
                 let mut packed = vec![0u8; n_rows / ROWS * l.group_bytes(n)];
                 l.pack(&w, n, n_rows, &mut packed);
-                let ab = act_row_bytes(n);
+                let ab = l.act.row_bytes(n);
                 let mut xs = Vec::new();
                 let mut a = Vec::new();
                 for j in 0..n_tok {

@@ -62,8 +62,29 @@ pub struct Layout {
     pub unit_bytes: usize,
     /// Packs one unit of 16 rows (each slice is that row's unit in the file's layout).
     pack_unit: fn(&[&[u8]; ROWS], &mut [u8]),
-    /// Decodes block `blk` of a packed unit.
-    decode: fn(&[u8], usize, &mut Decoded),
+    /// Decodes block `blk` of a packed unit (`None`: the F16 layout, read as floats).
+    decode: Option<fn(&[u8], usize, &mut Decoded)>,
+    /// The activation format the layout's kernels read.
+    pub act: PanelAct,
+}
+
+/// Activation formats of the packed kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PanelAct {
+    /// int8 per 32 elements with f32 scale and sums ([`quantize_act`]).
+    Int8,
+    /// The f32 row as it is (little-endian bytes).
+    F32,
+}
+
+impl PanelAct {
+    /// Bytes of one activation row of `n` elements.
+    pub fn row_bytes(self, n: usize) -> usize {
+        match self {
+            PanelAct::Int8 => act_row_bytes(n),
+            PanelAct::F32 => 4 * n,
+        }
+    }
 }
 
 /// One block of a group, decoded: `w[r][e] = dw[r] * q[r][e] + bw[r]`.
@@ -100,12 +121,15 @@ impl Layout {
 
     /// Decodes block `blk` (of `unit / block`) of a packed unit.
     pub fn decode(&self, unit: &[u8], blk: usize, out: &mut Decoded) {
-        (self.decode)(unit, blk, out)
+        (self.decode.expect("an integer layout"))(unit, blk, out)
     }
 
     /// The reference tile over packed groups (`t.w` starts at a group; `t.n_rows` a multiple
     /// of 16; activations in this module's format).
     pub fn tile(&self, t: &mut Tile) {
+        if self.decode.is_none() {
+            return tile_f16_ref(self, t);
+        }
         let n = t.n;
         let gb = self.group_bytes(n);
         let ab = act_row_bytes(n);
@@ -158,6 +182,7 @@ pub fn layout(ty: GgmlType) -> Option<&'static Layout> {
         GgmlType::Q4_K => &Q4_K,
         GgmlType::Q5_K => &Q5_K,
         GgmlType::Q6_K => &Q6_K,
+        GgmlType::F16 => &F16,
         _ => return None,
     })
 }
@@ -168,7 +193,8 @@ pub static Q4_0: Layout = Layout {
     block: QK,
     unit_bytes: 288,
     pack_unit: pack_q4_0,
-    decode: decode_q4_0,
+    decode: Some(decode_q4_0),
+    act: PanelAct::Int8,
 };
 pub static Q4_1: Layout = Layout {
     ty: GgmlType::Q4_1,
@@ -176,7 +202,8 @@ pub static Q4_1: Layout = Layout {
     block: QK,
     unit_bytes: 320,
     pack_unit: pack_q4_1,
-    decode: decode_q4_1,
+    decode: Some(decode_q4_1),
+    act: PanelAct::Int8,
 };
 pub static Q5_0: Layout = Layout {
     ty: GgmlType::Q5_0,
@@ -184,7 +211,8 @@ pub static Q5_0: Layout = Layout {
     block: QK,
     unit_bytes: 352,
     pack_unit: pack_q5_0,
-    decode: decode_q5_0,
+    decode: Some(decode_q5_0),
+    act: PanelAct::Int8,
 };
 pub static Q5_1: Layout = Layout {
     ty: GgmlType::Q5_1,
@@ -192,7 +220,8 @@ pub static Q5_1: Layout = Layout {
     block: QK,
     unit_bytes: 384,
     pack_unit: pack_q5_1,
-    decode: decode_q5_1,
+    decode: Some(decode_q5_1),
+    act: PanelAct::Int8,
 };
 pub static Q8_0: Layout = Layout {
     ty: GgmlType::Q8_0,
@@ -200,7 +229,8 @@ pub static Q8_0: Layout = Layout {
     block: QK,
     unit_bytes: 544,
     pack_unit: pack_q8_0,
-    decode: decode_q8_0,
+    decode: Some(decode_q8_0),
+    act: PanelAct::Int8,
 };
 pub static Q4_K: Layout = Layout {
     ty: GgmlType::Q4_K,
@@ -208,7 +238,8 @@ pub static Q4_K: Layout = Layout {
     block: 32,
     unit_bytes: Q4K_QS + 4 * 512,
     pack_unit: pack_q4_k,
-    decode: decode_q4_k,
+    decode: Some(decode_q4_k),
+    act: PanelAct::Int8,
 };
 pub static Q5_K: Layout = Layout {
     ty: GgmlType::Q5_K,
@@ -216,7 +247,8 @@ pub static Q5_K: Layout = Layout {
     block: 32,
     unit_bytes: Q5K_QS + 4 * 512,
     pack_unit: pack_q5_k,
-    decode: decode_q5_k,
+    decode: Some(decode_q5_k),
+    act: PanelAct::Int8,
 };
 pub static Q6_K: Layout = Layout {
     ty: GgmlType::Q6_K,
@@ -224,8 +256,52 @@ pub static Q6_K: Layout = Layout {
     block: 16,
     unit_bytes: Q6K_H + 2 * 512,
     pack_unit: pack_q6_k,
-    decode: decode_q6_k,
+    decode: Some(decode_q6_k),
+    act: PanelAct::Int8,
 };
+
+/// F16: per element, the 16 rows' halves (32 bytes); f32 activations; each output is two FMA
+/// chains (even and odd elements, in order) added at the end.
+pub static F16: Layout = Layout {
+    ty: GgmlType::F16,
+    unit: 32,
+    block: 32,
+    unit_bytes: 32 * 32,
+    pack_unit: pack_f16,
+    decode: None,
+    act: PanelAct::F32,
+};
+
+fn pack_f16(rows: &[&[u8]; ROWS], o: &mut [u8]) {
+    for (r, row) in rows.iter().enumerate() {
+        for e in 0..32 {
+            o[32 * e + 2 * r..][..2].copy_from_slice(&row[2 * e..2 * e + 2]);
+        }
+    }
+}
+
+/// The F16 layout's reference tile: `acc[e % 2] = fma(w, x, acc[e % 2])` per element, in
+/// order, then `acc[0] + acc[1]`.
+fn tile_f16_ref(l: &Layout, t: &mut Tile) {
+    let n = t.n;
+    let gb = l.group_bytes(n);
+    assert!(t.n_rows.is_multiple_of(ROWS) && t.w.len() >= t.n_rows / ROWS * gb);
+    assert!(t.a.len() >= t.n_tok * 4 * n && t.out.len() >= t.n_tok * t.n_rows);
+    for g in 0..t.n_rows / ROWS {
+        let group = &t.w[g * gb..(g + 1) * gb];
+        for tok in 0..t.n_tok {
+            let a = &t.a[tok * 4 * n..(tok + 1) * 4 * n];
+            for r in 0..ROWS {
+                let mut acc = [0f32; 2];
+                for e in 0..n {
+                    let w = f16_at(&group[32 * e..], r);
+                    acc[e % 2] = w.mul_add(f32_at(a, 4 * e), acc[e % 2]);
+                }
+                t.out[tok * t.n_rows + g * ROWS + r] = acc[0] + acc[1];
+            }
+        }
+    }
+}
 
 /// Q4_K unit offsets: `sc`, `m`, quants.
 pub(crate) const Q4K_SC: usize = 64;
@@ -585,6 +661,9 @@ pub fn tile_q4_k(t: &mut Tile) {
 }
 pub fn tile_q6_k(t: &mut Tile) {
     Q6_K.tile(t)
+}
+pub fn tile_f16(t: &mut Tile) {
+    F16.tile(t)
 }
 
 #[cfg(test)]

@@ -41,7 +41,11 @@ pub(crate) fn avx512_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
         return None;
     }
     table!(KF32: dot_f32, float::f32_to_bytes, float::bytes_to_f32, F32, tile: super::tiles_float::wide_f32);
-    table!(KF16: dot_f16, quant_f16, float::f16_to_f32, F16, tile: super::tiles_float::wide_f16);
+    table!(KF16: dot_f16, quant_f16, float::f16_to_f32, F16, tile: super::tiles_float::wide_f16, packed: PackedKernels {
+        layout: &panel::F16,
+        tile: super::panel::tile_f16,
+        quantize_act: float::f32_to_bytes,
+    });
     table!(KBF16: float::vec_dot_bf16, float::f32_to_bf16, float::bf16_to_f32, BF16, tile: super::tiles_float::wide_bf16);
     table!(KQ4_0: dot_q4_0, quant_q8_0, l::dequantize_q4_0, Q8_0, tile: vnni_q4_0, packed: pk(&panel::Q4_0, super::panel::tile_q4_0));
     table!(KQ4_1: dot_q4_1, quant_q8_1, l::dequantize_q4_1, Q8_1, tile: vnni_q4_1, packed: pk(&panel::Q4_1, super::panel::tile_q4_1));

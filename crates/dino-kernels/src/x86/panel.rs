@@ -356,6 +356,81 @@ fn tile<K: X16>(t: &mut Tile) {
     unsafe { tile_impl::<K>(t) }
 }
 
+/// The F16 layout: 16 rows' halves per element, converted once and used by every token of
+/// the micro-tile; two FMA chains (even / odd elements) per output, as the reference.
+#[inline(always)]
+unsafe fn micro_f16<const N: usize>(
+    group: *const u8,
+    n: usize,
+    acts: *const u8,
+    ab: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+    for e0 in (0..n).step_by(32) {
+        let p = group.add(32 * e0);
+        if N == 1 {
+            let ahead = p.cast::<i8>().wrapping_add(PREFETCH_BYTES);
+            for line in 0..16 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+            }
+        }
+        for e in (0..32).step_by(2) {
+            let (w0, w1) = (f16x16(p.add(32 * e)), f16x16(p.add(32 * e + 32)));
+            for j in 0..N {
+                let x = acts.add(j * ab + 4 * (e0 + e)).cast::<f32>();
+                acc0[j] = _mm512_fmadd_ps(w0, _mm512_set1_ps(x.read_unaligned()), acc0[j]);
+                acc1[j] = _mm512_fmadd_ps(w1, _mm512_set1_ps(x.add(1).read_unaligned()), acc1[j]);
+            }
+        }
+    }
+    for j in 0..N {
+        _mm512_storeu_ps(out.add(j * out_stride), _mm512_add_ps(acc0[j], acc1[j]));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_f16_impl(t: &mut Tile) {
+    let n = t.n;
+    let gb = panel::F16.group_bytes(n);
+    let ab = 4 * n;
+    let (w, a, out) = (t.w.as_ptr(), t.a.as_ptr(), t.out.as_mut_ptr());
+    for g in 0..t.n_rows / ROWS {
+        let mut t0 = 0;
+        while t0 < t.n_tok {
+            let nt = (t.n_tok - t0).min(MT);
+            let (gp, ap, op) = (
+                w.add(g * gb),
+                a.add(t0 * ab),
+                out.add(t0 * t.n_rows + g * ROWS),
+            );
+            match nt {
+                8 => micro_f16::<8>(gp, n, ap, ab, op, t.n_rows),
+                7 => micro_f16::<7>(gp, n, ap, ab, op, t.n_rows),
+                6 => micro_f16::<6>(gp, n, ap, ab, op, t.n_rows),
+                5 => micro_f16::<5>(gp, n, ap, ab, op, t.n_rows),
+                4 => micro_f16::<4>(gp, n, ap, ab, op, t.n_rows),
+                3 => micro_f16::<3>(gp, n, ap, ab, op, t.n_rows),
+                2 => micro_f16::<2>(gp, n, ap, ab, op, t.n_rows),
+                _ => micro_f16::<1>(gp, n, ap, ab, op, t.n_rows),
+            }
+            t0 += nt;
+        }
+    }
+}
+
+pub(super) fn tile_f16(t: &mut Tile) {
+    assert!(avx512_detected());
+    let l = &panel::F16;
+    assert!(t.n.is_multiple_of(l.unit) && t.n_rows.is_multiple_of(ROWS));
+    assert!(t.w.len() >= t.n_rows / ROWS * l.group_bytes(t.n));
+    assert!(t.a.len() >= t.n_tok * 4 * t.n && t.out.len() >= t.n_tok * t.n_rows);
+    // SAFETY: features detected (asserted); the asserts bound every access: `n_rows / 16`
+    // groups of `32 n` bytes, `n_tok` f32 rows of `n` elements, `n_tok × n_rows` outputs.
+    unsafe { tile_f16_impl(t) }
+}
+
 pub(super) fn tile_q4_0(t: &mut Tile) {
     tile::<Q40>(t)
 }
