@@ -69,7 +69,7 @@ fn q5k_values(b: &BlockQ5K) -> [i8; QK_K] {
 /// Q6_K element `e = 128*n + 32*k + l`: nibble `k / 2` of `ql[64*n + 32*(k % 2) + l]`, with
 /// bits `2k..2k+2` of `qh[32*n + l]` on top, minus 32.
 #[inline(always)]
-pub(crate) fn q6k_values(b: &BlockQ6K) -> [i8; QK_K] {
+fn q6k_values(b: &BlockQ6K) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
     for (e, v) in a.iter_mut().enumerate() {
         let (n, k, l) = (e / 128, (e / 32) % 4, e % 32);

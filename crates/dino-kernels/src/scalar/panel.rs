@@ -44,7 +44,7 @@
 
 use crate::dispatch::Tile;
 use crate::quant::blocks::*;
-use crate::scalar::kquants::{k4_scales_mins, q6k_values};
+use crate::scalar::kquants::k4_scales_mins;
 use dino_core::{GgmlType, QK_K};
 
 /// Rows per group.
@@ -549,18 +549,24 @@ fn q6k_place(e: usize, r: usize) -> (usize, u32, usize, u32) {
 }
 
 fn pack_q6_k(rows: &[&[u8]; ROWS], o: &mut [u8]) {
-    o[Q6K_L..].fill(0);
     for (r, row) in rows.iter().enumerate() {
         let b = &as_blocks::<BlockQ6K>(row)[0];
         o[2 * r..2 * r + 2].copy_from_slice(&b.d);
         for s in 0..16 {
             o[Q6K_SC + ROWS * s + r] = b.scales[s] as u8;
         }
-        for (e, &v) in q6k_values(b).iter().enumerate() {
-            let q = (v + 32) as u8;
-            let (lo, ls, hi, hs) = q6k_place(e, r);
-            o[lo] |= (q & 0x0F) << ls;
-            o[hi] |= (q >> 4) << hs;
+        // ggml's element 128c + 32k + l has its low nibble in nibble k/2 of ql[64c + 32(k%2) + l]
+        // and its high pair in bits 2k of qh[32c + l]; in this layout its group is 8k + l/4,
+        // so both regions are ggml's bytes moved in 4-byte pieces (see `q6k_place`).
+        for c in 0..2 {
+            for i in 0..16 {
+                o[Q6K_L + 1024 * c + lane(i, r)..][..4]
+                    .copy_from_slice(&b.ql[64 * c + 4 * i..][..4]);
+            }
+            for i in 0..8 {
+                o[Q6K_H + 512 * c + lane(i, r)..][..4]
+                    .copy_from_slice(&b.qh[32 * c + 4 * i..][..4]);
+            }
         }
     }
 }
