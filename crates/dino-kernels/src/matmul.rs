@@ -543,7 +543,13 @@ impl TokenBlocks {
 /// Dequantize row `r` of `w` into `dst` (`[n_in]`), e.g. an embedding lookup.
 pub fn dequantize_row(w: &QMatrix, r: usize, dst: &mut [f32]) {
     let k = dispatch::kernels(w.ty).expect("QMatrix::new checked the type");
-    (k.dequantize)(w.row(r), dst);
+    if w.packed {
+        let l = k.packed.expect("packed matrices come from `repack`").layout;
+        let gb = l.group_bytes(w.n_in);
+        l.dequantize_row(&w.data[r / ROWS * gb..][..gb], r % ROWS, w.n_in, dst);
+    } else {
+        (k.dequantize)(w.row(r), dst);
+    }
 }
 
 #[cfg(test)]

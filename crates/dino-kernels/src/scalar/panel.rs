@@ -124,6 +124,33 @@ impl Layout {
         (self.decode.expect("an integer layout"))(unit, blk, out)
     }
 
+    /// Row `r` (of 16) of a packed group of `n`-element rows, as `dw·q + bw` per element (F16:
+    /// the halves).
+    pub fn dequantize_row(&self, group: &[u8], r: usize, n: usize, dst: &mut [f32]) {
+        assert!(r < ROWS && dst.len() == n && group.len() >= self.group_bytes(n));
+        if self.decode.is_none() {
+            for (e, d) in dst.iter_mut().enumerate() {
+                *d = f16_at(&group[32 * e..], r);
+            }
+            return;
+        }
+        let mut dec = Decoded {
+            q: [[0; 32]; ROWS],
+            dw: [0.0; ROWS],
+            bw: [0.0; ROWS],
+        };
+        for u in 0..n / self.unit {
+            let unit = &group[u * self.unit_bytes..(u + 1) * self.unit_bytes];
+            for blk in 0..self.unit / self.block {
+                self.decode(unit, blk, &mut dec);
+                let e0 = u * self.unit + blk * self.block;
+                for (e, d) in dst[e0..e0 + self.block].iter_mut().enumerate() {
+                    *d = dec.dw[r] * dec.q[r][e] as f32 + dec.bw[r];
+                }
+            }
+        }
+    }
+
     /// The reference tile over packed groups (`t.w` starts at a group; `t.n_rows` a multiple
     /// of 16; activations in this module's format).
     pub fn tile(&self, t: &mut Tile) {
@@ -688,7 +715,7 @@ mod tests {
     #[test]
     fn decode_reproduces_dequantized_rows() {
         let mut seed = 5u64;
-        for l in [&Q4_0, &Q4_1, &Q5_0, &Q5_1, &Q8_0, &Q4_K, &Q5_K, &Q6_K] {
+        for l in [&Q4_0, &Q4_1, &Q5_0, &Q5_1, &Q8_0, &Q4_K, &Q5_K, &Q6_K, &F16] {
             let n = 512;
             let rb = l.ty.row_size(n as u64).unwrap() as usize;
             let wf: Vec<f32> = (0..n * ROWS).map(|_| lcg(&mut seed)).collect();
@@ -698,12 +725,25 @@ mod tests {
             quant::dequantize_row(l.ty, &src, &mut want).unwrap();
             let mut dst = vec![0u8; l.group_bytes(n)];
             l.pack(&src, n, ROWS, &mut dst);
+            for r in 0..ROWS {
+                let mut row = vec![0f32; n];
+                l.dequantize_row(&dst, r, n, &mut row);
+                for (e, (&g, &w)) in row.iter().zip(&want[r * n..(r + 1) * n]).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                        "{} r{r} e{e}: {g} vs {w}",
+                        l.ty
+                    );
+                }
+            }
             let mut dec = Decoded {
                 q: [[0; 32]; ROWS],
                 dw: [0.0; ROWS],
                 bw: [0.0; ROWS],
             };
-            for u in 0..n / l.unit {
+            // F16 has no integer decoding.
+            let units = if l.decode.is_some() { n / l.unit } else { 0 };
+            for u in 0..units {
                 for blk in 0..l.unit / l.block {
                     l.decode(&dst[u * l.unit_bytes..], blk, &mut dec);
                     for r in 0..ROWS {

@@ -91,6 +91,12 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Tied embeddings (no `output.weight`) whose output head was repacked: lookups read the
+    /// repacked copy, so the file's embedding pages (released by the repack) stay out of RAM.
+    fn embeds_from_output(&self) -> bool {
+        self.output.name() == self.tok_embd.name() && self.output.matrix().packed
+    }
+
     pub fn load(
         file: Arc<GgufFile>,
         hp: HParams,
@@ -242,14 +248,15 @@ impl Model for Decoder {
     }
 
     fn warm_up(&self) {
-        // Read one byte per page of every tensor the forward pass uses (repacked copies too).
+        // Read one byte per page of every matrix the forward pass uses (repacked copies too).
         let mut acc = 0u8;
         let mut touch = |w: &Weight| {
             for b in w.bytes().iter().step_by(4096) {
                 acc = acc.wrapping_add(*b);
             }
         };
-        touch(&self.tok_embd);
+        // Not the embedding table: a token reads one row of it, and touching all of it would
+        // make every page resident (94 MB of Qwen-0.5B's) for rows most prompts never use.
         touch(&self.output);
         for l in &self.layers {
             for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
@@ -276,7 +283,11 @@ impl Model for Decoder {
         let gate = &mut ws.gate[..n * ff];
 
         // Embedding lookup.
-        let emb = self.tok_embd.matrix();
+        let emb = if self.embeds_from_output() {
+            self.output.matrix()
+        } else {
+            self.tok_embd.matrix()
+        };
         for (t, &tok) in batch.tokens.iter().enumerate() {
             matmul::dequantize_row(&emb, tok as usize, &mut x[t * e..(t + 1) * e]);
         }
