@@ -265,16 +265,19 @@ unsafe fn micro<K: X16, const N: usize>(
     let mut acc = [_mm512_setzero_ps(); N];
     for u in 0..n / K::UNIT {
         let p = group.add(u * K::UNIT_BYTES);
-        if N == 1 {
-            // Decode streams the weights once: ask for every line of the unit
-            // `PREFETCH_BYTES` ahead (hints only; `wrapping_add` keeps the addresses defined).
-            let ahead = p.cast::<i8>().wrapping_add(PREFETCH_BYTES);
-            for line in 0..K::UNIT_BYTES.div_ceil(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
-            }
-        }
         let us = K::unit(p);
         for blk in 0..nb {
+            if N == 1 {
+                // Decode streams the weights once: ask for every line of the unit
+                // `PREFETCH_BYTES` ahead, a block's share at a time so the requests do not
+                // arrive in one burst (hints only; `wrapping_add` keeps the addresses defined).
+                let lines = K::UNIT_BYTES.div_ceil(64);
+                let per = lines.div_ceil(nb);
+                let ahead = p.cast::<i8>().wrapping_add(PREFETCH_BYTES);
+                for line in blk * per..((blk + 1) * per).min(lines) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+                }
+            }
             let mut w = [_mm512_setzero_si512(); 8];
             let (dw, bw) = K::block(p, us, blk, &mut w);
             let e0 = u * K::UNIT + blk * K::BLOCK;
