@@ -373,13 +373,12 @@ unsafe fn micro_f16<const N: usize>(
     let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
     for e0 in (0..n).step_by(32) {
         let p = group.add(32 * e0);
-        if N == 1 {
-            let ahead = p.cast::<i8>().wrapping_add(PREFETCH_BYTES);
-            for line in 0..16 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
-            }
-        }
         for e in (0..32).step_by(2) {
+            if N == 1 {
+                // One of the 16 lines of these 32 elements per step, 4 KiB ahead (as `micro`).
+                let ahead = p.cast::<i8>().wrapping_add(PREFETCH_BYTES);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(32 * e));
+            }
             let (w0, w1) = (f16x16(p.add(32 * e)), f16x16(p.add(32 * e + 32)));
             for j in 0..N {
                 let x = acts.add(j * ab + 4 * (e0 + e)).cast::<f32>();
