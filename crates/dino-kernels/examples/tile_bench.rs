@@ -17,24 +17,9 @@ use dino_kernels::quant::{quantize_row, SUPPORTED};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// This thread's CPU time in seconds (time spent descheduled on a busy machine is not counted).
-fn thread_cpu_time() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `ts` is a valid, writable `struct timespec` (two 64-bit fields on x86-64 Linux);
-    // clock_gettime only writes it.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
-}
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::thread_cpu_time;
 
 const N_IN: usize = 2048;
 const N_OUT: usize = 5632;

@@ -82,11 +82,10 @@ impl RopeParams {
     }
 }
 
-/// `e^x` as ggml's vectorized `ggml_v_expf` computes it (a degree-5 polynomial after range
-/// reduction by ln 2, accurate to about 1.5 ulp). llama.cpp's SwiGLU uses it, so matching it
-/// bit for bit keeps activations, and the 8-bit roundings after them, identical.
+/// ggml's exponential split as `e^x = j · 2^n`: `n` the nearest integer to `x / ln 2` (as a
+/// float), `j` the polynomial of the remainder.
 #[inline]
-pub fn ggml_expf(x: f32) -> f32 {
+fn expf_parts(x: f32) -> (f32, f32) {
     let c = f32::from_bits;
     let r = c(0x4b40_0000); // 0x1.8p23
     let z = x.mul_add(c(0x3fb8_aa3b), r); // x / ln 2, rounded to an integer via the magic
@@ -98,6 +97,15 @@ pub fn ggml_expf(x: f32) -> f32 {
         .mul_add(b, c(0x3d2b_9f17))
         .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
         .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    (n, j)
+}
+
+/// `e^x` as ggml's vectorized `ggml_v_expf` computes it (a degree-5 polynomial after range
+/// reduction by ln 2, accurate to about 1.5 ulp). llama.cpp's SwiGLU uses it, so matching it
+/// bit for bit keeps activations, and the 8-bit roundings after them, identical.
+#[inline]
+pub fn ggml_expf(x: f32) -> f32 {
+    let (n, j) = expf_parts(x);
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
@@ -208,21 +216,12 @@ pub const ATTN_LANES: usize = 8;
 /// The SIMD twins compute exactly this.
 #[inline]
 pub fn exp_attn(x: f32) -> f32 {
-    let c = f32::from_bits;
-    let r = c(0x4b40_0000);
-    let z = x.mul_add(c(0x3fb8_aa3b), r);
-    let n = z - r;
-    let b = (-n).mul_add(c(0x35bf_be8e), (-n).mul_add(c(0x3f31_7200), x));
-    let u = b * b;
-    let j = c(0x3c07_2010)
-        .mul_add(b, c(0x3d2b_9f17))
-        .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
-        .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    let (n, j) = expf_parts(x);
     // x = -inf gives n = NaN: a zero weight too.
     if n.is_nan() || n < -125.0 {
         return 0.0;
     }
-    j * c(((n as i32 + 127) as u32) << 23)
+    j * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// Prompt attention of one query head over `n_vis` positions of an f32 copy of one sequence's

@@ -21,9 +21,9 @@ const PREFETCH_BYTES: usize = 4096;
 trait X16 {
     const L: &'static Layout;
     /// `L.unit`, `L.block`, `L.unit_bytes` as constants the compiler unrolls by.
-    const UNIT: usize;
-    const BLOCK: usize;
-    const UNIT_BYTES: usize;
+    const UNIT: usize = Self::L.unit;
+    const BLOCK: usize = Self::L.block;
+    const UNIT_BYTES: usize = Self::L.unit_bytes;
     /// Per-unit state (converted super-block scales).
     type U: Copy;
     unsafe fn unit(p: *const u8) -> Self::U;
@@ -75,9 +75,6 @@ unsafe fn nibbles4(p: *const u8, w: &mut [__m512i; 8]) {
 struct Q40;
 impl X16 for Q40 {
     const L: &'static Layout = &panel::Q4_0;
-    const UNIT: usize = 32;
-    const BLOCK: usize = 32;
-    const UNIT_BYTES: usize = 288;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -91,9 +88,6 @@ impl X16 for Q40 {
 struct Q41;
 impl X16 for Q41 {
     const L: &'static Layout = &panel::Q4_1;
-    const UNIT: usize = 32;
-    const BLOCK: usize = 32;
-    const UNIT_BYTES: usize = 320;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -116,9 +110,6 @@ unsafe fn high_bits(p: *const u8, w: &mut [__m512i; 8]) {
 struct Q50;
 impl X16 for Q50 {
     const L: &'static Layout = &panel::Q5_0;
-    const UNIT: usize = 32;
-    const BLOCK: usize = 32;
-    const UNIT_BYTES: usize = 352;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -133,9 +124,6 @@ impl X16 for Q50 {
 struct Q51;
 impl X16 for Q51 {
     const L: &'static Layout = &panel::Q5_1;
-    const UNIT: usize = 32;
-    const BLOCK: usize = 32;
-    const UNIT_BYTES: usize = 384;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -149,9 +137,6 @@ impl X16 for Q51 {
 struct Q80;
 impl X16 for Q80 {
     const L: &'static Layout = &panel::Q8_0;
-    const UNIT: usize = 32;
-    const BLOCK: usize = 32;
-    const UNIT_BYTES: usize = 544;
     type U = ();
     unsafe fn unit(_: *const u8) {}
     #[inline(always)]
@@ -168,9 +153,6 @@ impl X16 for Q80 {
 struct Q4K;
 impl X16 for Q4K {
     const L: &'static Layout = &panel::Q4_K;
-    const UNIT: usize = 256;
-    const BLOCK: usize = 32;
-    const UNIT_BYTES: usize = panel::Q4K_QS + 4 * 512;
     // The super-block scales are re-read per block: kept live they cost two registers.
     type U = ();
     unsafe fn unit(_: *const u8) {}
@@ -193,9 +175,6 @@ impl X16 for Q4K {
 struct Q5K;
 impl X16 for Q5K {
     const L: &'static Layout = &panel::Q5_K;
-    const UNIT: usize = 256;
-    const BLOCK: usize = 32;
-    const UNIT_BYTES: usize = panel::Q5K_QS + 4 * 512;
     // The super-block scales are re-read per block: kept live they cost two registers.
     type U = ();
     unsafe fn unit(_: *const u8) {}
@@ -218,9 +197,6 @@ impl X16 for Q5K {
 struct Q6K;
 impl X16 for Q6K {
     const L: &'static Layout = &panel::Q6_K;
-    const UNIT: usize = 256;
-    const BLOCK: usize = 16;
-    const UNIT_BYTES: usize = panel::Q6K_H + 2 * 512;
     type U = __m512;
     #[inline(always)]
     unsafe fn unit(p: *const u8) -> __m512 {
@@ -312,42 +288,47 @@ unsafe fn micro<K: X16, const N: usize>(
     }
 }
 
+/// Every 16-row group of a tile × its tokens in micro-tiles of up to `MT`: calls
+/// `$micro::<[K,] N>(group, n, acts, act_row_bytes, out, out_stride)` with `N` a constant
+/// (`micro[K]` or `micro_f16[]`).
+macro_rules! micro_tiles {
+    ($t:ident, $gb:expr, $ab:expr, $micro:ident[$($k:ty),*]) => {{
+        let (n, gb, ab) = ($t.n, $gb, $ab);
+        let (w, a, out) = ($t.w.as_ptr(), $t.a.as_ptr(), $t.out.as_mut_ptr());
+        for g in 0..$t.n_rows / ROWS {
+            let mut t0 = 0;
+            while t0 < $t.n_tok {
+                let nt = ($t.n_tok - t0).min(MT);
+                let (gp, ap, op) = (
+                    w.add(g * gb),
+                    a.add(t0 * ab),
+                    out.add(t0 * $t.n_rows + g * ROWS),
+                );
+                let stride = $t.n_rows;
+                match nt {
+                    8 => $micro::<$($k,)* 8>(gp, n, ap, ab, op, stride),
+                    7 => $micro::<$($k,)* 7>(gp, n, ap, ab, op, stride),
+                    6 => $micro::<$($k,)* 6>(gp, n, ap, ab, op, stride),
+                    5 => $micro::<$($k,)* 5>(gp, n, ap, ab, op, stride),
+                    4 => $micro::<$($k,)* 4>(gp, n, ap, ab, op, stride),
+                    3 => $micro::<$($k,)* 3>(gp, n, ap, ab, op, stride),
+                    2 => $micro::<$($k,)* 2>(gp, n, ap, ab, op, stride),
+                    _ => $micro::<$($k,)* 1>(gp, n, ap, ab, op, stride),
+                }
+                t0 += nt;
+            }
+        }
+    }};
+}
+
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_impl<K: X16>(t: &mut Tile) {
-    let n = t.n;
-    let gb = K::L.group_bytes(n);
-    let ab = act_row_bytes(n);
-    let w = t.w.as_ptr();
-    let a = t.a.as_ptr();
-    let out = t.out.as_mut_ptr();
-    for g in 0..t.n_rows / ROWS {
-        let mut t0 = 0;
-        while t0 < t.n_tok {
-            let nt = (t.n_tok - t0).min(MT);
-            let (gp, ap, op) = (
-                w.add(g * gb),
-                a.add(t0 * ab),
-                out.add(t0 * t.n_rows + g * ROWS),
-            );
-            match nt {
-                8 => micro::<K, 8>(gp, n, ap, ab, op, t.n_rows),
-                7 => micro::<K, 7>(gp, n, ap, ab, op, t.n_rows),
-                6 => micro::<K, 6>(gp, n, ap, ab, op, t.n_rows),
-                5 => micro::<K, 5>(gp, n, ap, ab, op, t.n_rows),
-                4 => micro::<K, 4>(gp, n, ap, ab, op, t.n_rows),
-                3 => micro::<K, 3>(gp, n, ap, ab, op, t.n_rows),
-                2 => micro::<K, 2>(gp, n, ap, ab, op, t.n_rows),
-                _ => micro::<K, 1>(gp, n, ap, ab, op, t.n_rows),
-            }
-            t0 += nt;
-        }
-    }
+    micro_tiles!(t, K::L.group_bytes(t.n), act_row_bytes(t.n), micro[K])
 }
 
 fn tile<K: X16>(t: &mut Tile) {
     assert!(avx512_detected());
     let l = K::L;
-    debug_assert!(l.unit == K::UNIT && l.block == K::BLOCK && l.unit_bytes == K::UNIT_BYTES);
     assert!(t.n.is_multiple_of(l.unit) && t.n_rows.is_multiple_of(ROWS));
     assert!(t.w.len() >= t.n_rows / ROWS * l.group_bytes(t.n));
     assert!(t.a.len() >= t.n_tok * act_row_bytes(t.n));
@@ -394,32 +375,7 @@ unsafe fn micro_f16<const N: usize>(
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_f16_impl(t: &mut Tile) {
-    let n = t.n;
-    let gb = panel::F16.group_bytes(n);
-    let ab = 4 * n;
-    let (w, a, out) = (t.w.as_ptr(), t.a.as_ptr(), t.out.as_mut_ptr());
-    for g in 0..t.n_rows / ROWS {
-        let mut t0 = 0;
-        while t0 < t.n_tok {
-            let nt = (t.n_tok - t0).min(MT);
-            let (gp, ap, op) = (
-                w.add(g * gb),
-                a.add(t0 * ab),
-                out.add(t0 * t.n_rows + g * ROWS),
-            );
-            match nt {
-                8 => micro_f16::<8>(gp, n, ap, ab, op, t.n_rows),
-                7 => micro_f16::<7>(gp, n, ap, ab, op, t.n_rows),
-                6 => micro_f16::<6>(gp, n, ap, ab, op, t.n_rows),
-                5 => micro_f16::<5>(gp, n, ap, ab, op, t.n_rows),
-                4 => micro_f16::<4>(gp, n, ap, ab, op, t.n_rows),
-                3 => micro_f16::<3>(gp, n, ap, ab, op, t.n_rows),
-                2 => micro_f16::<2>(gp, n, ap, ab, op, t.n_rows),
-                _ => micro_f16::<1>(gp, n, ap, ab, op, t.n_rows),
-            }
-            t0 += nt;
-        }
-    }
+    micro_tiles!(t, panel::F16.group_bytes(t.n), 4 * t.n, micro_f16[])
 }
 
 pub(super) fn tile_f16(t: &mut Tile) {
