@@ -37,8 +37,10 @@ pub enum OutputFormat {
         first-last*mult) and may be repeated; every combination of model, -b, -ub and -t runs every test.\n\n\
         Dino adds two measurements, and the kernel level in use (JSON fields dino_peak_rss_bytes, \
         dino_energy_j_per_token, dino_isa):\n  \
-        peak RSS   the process's peak resident memory during the test (Linux; the high-water mark is reset \
-        before each test, and the mmap'd weights count once paged in)\n  \
+        peak RSS   the process's peak resident memory while loading the model and running the test \
+        (Linux; the high-water mark is reset before each load and each test, the load's peak is kept, and \
+        the mmap'd weights count once paged in). A single-test run's figure is the whole process's peak, \
+        what /usr/bin/time -v reports\n  \
         J/token    CPU package energy over the timed repetitions divided by the tokens processed, from the \
         RAPL counters under /sys/class/powercap (usually root-only; it counts everything the package did, \
         so keep the machine otherwise idle); n/a (JSON null) when no counter is readable.\n\n\
@@ -372,6 +374,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     // The engine for the current (model, repack, threads): one per thread count, so its pool
     // has exactly that many threads, as llama-bench makes a pool of n_threads for each test.
     let mut loaded: Option<(Load, Engine, ModelFacts)> = None;
+    // The peak RSS of the current engine's load (when the high-water mark could be reset).
+    let mut load_peak: Option<u64> = None;
     for inst in plan.instances() {
         let load = Load {
             model: inst.model,
@@ -391,6 +395,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                     n_threads(load.threads),
                     if load.repack { "" } else { ", no repacking" }
                 );
+                let reset = dino_engine::bench::reset_peak_rss();
                 let engine = Engine::load(
                     path,
                     &EngineOptions {
@@ -403,6 +408,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                 )
                 .with_context(|| format!("loading {}", path.display()))?;
                 let facts = ModelFacts::from_gguf(&engine.file, &engine.model.info().arch);
+                load_peak = reset.then(dino_engine::metrics::peak_rss_bytes).flatten();
                 loaded.insert((load, engine, facts))
             }
         };
@@ -434,7 +440,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                 spec,
                 test_time,
                 samples_ns: m.samples_ns,
-                peak_rss_bytes: m.peak_rss_bytes,
+                // Loading belongs to the cost of running the test: its transient can be the peak.
+                peak_rss_bytes: m.peak_rss_bytes.map(|p| p.max(load_peak.unwrap_or(0))),
                 energy_j: m.energy_j,
                 isa: isa_name().to_string(),
                 repack: load.repack,

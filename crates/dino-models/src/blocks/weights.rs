@@ -40,17 +40,26 @@ impl Weight {
         }
     }
 
-    /// Repack into the kernel level's faster layout if it has one for this type, then let the
-    /// OS drop the file pages just read (the copy replaces them, so resident memory does not
-    /// double). Returns whether the weight was repacked.
+    /// Repack into the kernel level's faster layout if it has one for this type, letting the
+    /// OS drop the file pages as they are packed (the copy replaces them, so resident memory
+    /// does not double, even for a moment). Returns whether the weight was repacked.
     pub fn repack(&mut self, pool: &ThreadPool) -> Result<bool> {
         if self.packed.is_some() {
             return Ok(true);
         }
-        let Some(copy) = matmul::repack(pool, &self.matrix()) else {
+        let (file, offset) = (&self.file, self.info.offset);
+        let mut released = Ok(());
+        let copy = matmul::repack_releasing(pool, &self.matrix(), &mut |r| {
+            if released.is_ok() {
+                released = file.release_range(offset + r.start as u64, r.len() as u64);
+            }
+        });
+        let Some(copy) = copy else {
             return Ok(false);
         };
+        released?;
         self.packed = Some(copy);
+        // The steps' boundary pages (each step releases only the pages inside it).
         self.file.release_range(self.info.offset, self.info.size)?;
         Ok(true)
     }
