@@ -156,6 +156,9 @@ pub(crate) fn pre_config(name: &str) -> Option<PreConfig> {
     Some(c)
 }
 
+/// Most pre-tokens whose merges the BPE model remembers: the `tokenizers` default.
+const WORD_CACHE_CAPACITY: usize = 10_000;
+
 pub(crate) struct Bpe {
     pre: PreTokenizerWrapper,
     model: BPE,
@@ -166,7 +169,9 @@ fn tk_err(context: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Bpe {
-    pub fn new(vocab: &Vocab, pre: &PreConfig, merges: Vec<(String, String)>) -> Result<Bpe> {
+    /// The model for `vocab` with the pre-tokenizer `pre` and the merges as given in the GGUF
+    /// (`tokenizer.ggml.merges`: `"left right"`, highest priority first).
+    pub fn new(vocab: &Vocab, pre: &PreConfig, merges: &[String]) -> Result<Bpe> {
         let pre_key = "tokenizer.ggml.pre";
         let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(pre.regexes.len() + 1);
         for re in &pre.regexes {
@@ -179,20 +184,30 @@ impl Bpe {
             steps.push(split.into());
         }
         steps.push(ByteLevel::new(false, false, false).into());
-        let bpe_vocab: BpeVocab = vocab
-            .token_to_id
-            .iter()
-            .map(|(k, &v)| (k.clone(), v))
+        let merges = parse_merges(merges)?;
+        let bpe_vocab: BpeVocab = (0..)
+            .zip(vocab.texts.iter())
+            .map(|(id, text)| (text.to_string(), id))
             .collect();
-        let model = BPE::builder()
+        let mut model = BPE::builder()
             .vocab_and_merges(bpe_vocab, merges)
             .ignore_merges(pre.ignore_merges)
+            // The builder sizes the word cache's table for all its entries up front (0.8 MB at
+            // the default); start it at one entry and raise the limit, so the table grows as
+            // words are cached, to the same size at most.
+            .cache_capacity(1)
             .build()
             .map_err(|e| tk_err("tokenizer.ggml.merges", format!("bad merge: {e}")))?;
+        model.resize_cache(WORD_CACHE_CAPACITY);
         Ok(Bpe {
             pre: Sequence::new(steps).into(),
             model,
         })
+    }
+
+    /// The id whose vocabulary text is exactly `text` (the model keeps its own map).
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.model.token_to_id(text)
     }
 
     /// Appends the ids of a raw text fragment.
@@ -213,6 +228,23 @@ impl Bpe {
         }
         Ok(())
     }
+}
+
+/// `"left right"` merge lines as pairs; llama.cpp splits at the first space after the first
+/// byte.
+fn parse_merges(lines: &[String]) -> Result<Vec<(String, String)>> {
+    let mut merges = Vec::with_capacity(lines.len());
+    for (i, m) in lines.iter().enumerate() {
+        let pos = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
+        let Some(pos) = pos else {
+            return Err(Error::format(
+                "tokenizer.ggml.merges",
+                format!("merge {i} {m:?} is not two tokens separated by a space"),
+            ));
+        };
+        merges.push((m[..pos].to_string(), m[pos + 1..].to_string()));
+    }
+    Ok(merges)
 }
 
 /// GPT-2's reversible byte → printable-character table.
@@ -245,10 +277,9 @@ fn char_to_byte(c: char) -> Option<u8> {
     t.get(c as usize).and_then(|&b| u8::try_from(b).ok())
 }
 
-/// A byte-level token text back to bytes (llama.cpp's `llama_decode_text`): a character outside
-/// the table renders as `[UNK_BYTE_0x..<text>]`.
-pub(crate) fn byte_level_decode(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
+/// Appends a byte-level token text as bytes (llama.cpp's `llama_decode_text`): a character
+/// outside the table renders as `[UNK_BYTE_0x..<text>]`.
+pub(crate) fn byte_level_decode(text: &str, out: &mut Vec<u8>) {
     for c in text.chars() {
         match char_to_byte(c) {
             Some(b) => out.push(b),
@@ -263,7 +294,6 @@ pub(crate) fn byte_level_decode(text: &str) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -18,13 +18,14 @@
 //! renders one id at a time (as llama.cpp prints generated tokens, or exactly as `decode` with
 //! [`StreamOptions::sequence_start`]) and never emits half a UTF-8 character.
 
+mod arena;
 mod bpe;
 mod decode;
 mod gguf;
 mod spm;
 mod vocab;
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use dino_core::{Error, Result};
 
@@ -70,9 +71,55 @@ pub struct VocabSpec {
     pub name: Option<String>,
 }
 
+/// A [`VocabSpec`] borrowed: what building a tokenizer reads, so that [`Tokenizer::from_gguf`]
+/// need not copy the metadata's token and merge arrays.
+pub(crate) struct SpecRef<'a> {
+    pub model: &'a str,
+    pub pre: Option<&'a str>,
+    pub tokens: &'a [String],
+    pub scores: Option<Cow<'a, [f32]>>,
+    pub token_types: Option<&'a [i32]>,
+    pub merges: Option<&'a [String]>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub eot: Option<u32>,
+    pub eom: Option<u32>,
+    pub unk: Option<u32>,
+    pub pad: Option<u32>,
+    pub add_bos: Option<bool>,
+    pub add_eos: Option<bool>,
+    pub add_space_prefix: Option<bool>,
+    pub name: Option<&'a str>,
+}
+
+impl<'a> From<&'a VocabSpec> for SpecRef<'a> {
+    fn from(s: &'a VocabSpec) -> SpecRef<'a> {
+        SpecRef {
+            model: &s.model,
+            pre: s.pre.as_deref(),
+            tokens: &s.tokens,
+            scores: s.scores.as_deref().map(Cow::Borrowed),
+            token_types: s.token_types.as_deref(),
+            merges: s.merges.as_deref(),
+            bos: s.bos,
+            eos: s.eos,
+            eot: s.eot,
+            eom: s.eom,
+            unk: s.unk,
+            pad: s.pad,
+            add_bos: s.add_bos,
+            add_eos: s.add_eos,
+            add_space_prefix: s.add_space_prefix,
+            name: s.name.as_deref(),
+        }
+    }
+}
+
 /// Which algorithm turns a text fragment into ids.
 enum Model {
-    Spm,
+    /// SentencePiece, with the lookup of ids by text it merges by.
+    Spm(arena::TokenIndex),
+    /// BPE; its model has its own map from text to id.
     Bpe(Box<bpe::Bpe>),
 }
 
@@ -98,18 +145,39 @@ impl Tokenizer {
     /// Builds a tokenizer from vocabulary metadata. Errors name the `tokenizer.ggml.*` key at
     /// fault (mismatched array lengths, duplicate tokens, out-of-range ids, bad merges,
     /// unsupported model or pre-tokenizer).
-    pub fn from_spec(spec: VocabSpec) -> Result<Tokenizer> {
-        let (vocab, merges) = vocab::Vocab::build(spec)?;
-        let model = match vocab.kind {
-            vocab::Kind::Spm => Model::Spm,
-            vocab::Kind::Bpe(ref pre) => Model::Bpe(Box::new(bpe::Bpe::new(&vocab, pre, merges)?)),
-        };
-        Ok(Tokenizer { model, vocab })
+    pub fn from_spec(mut spec: VocabSpec) -> Result<Tokenizer> {
+        let (vocab, index) = vocab::Vocab::build(&SpecRef::from(&spec))?;
+        // The vocabulary keeps its own copy of the texts: free these before the BPE model is
+        // built, the peak of the build.
+        spec.tokens = Vec::new();
+        Tokenizer::with_model(vocab, index, spec.merges.as_deref())
     }
 
-    /// Reads the `tokenizer.ggml.*` keys (and `general.name`) into a [`VocabSpec`] and builds it.
+    /// Reads the `tokenizer.ggml.*` keys (and `general.name`) as a [`VocabSpec`] does and
+    /// builds the tokenizer from them, without copying the token and merge arrays.
     pub fn from_gguf(md: &dino_formats::gguf::Metadata) -> Result<Tokenizer> {
-        Tokenizer::from_spec(gguf::spec_from_metadata(md)?)
+        let spec = gguf::spec_from_metadata(md)?;
+        let (vocab, index) = vocab::Vocab::build(&spec)?;
+        Tokenizer::with_model(vocab, index, spec.merges)
+    }
+
+    /// Adds the model that tokenizes text fragments to a built vocabulary, then its pieces.
+    fn with_model(
+        mut vocab: vocab::Vocab,
+        index: arena::TokenIndex,
+        merges: Option<&[String]>,
+    ) -> Result<Tokenizer> {
+        let model = match vocab.kind {
+            vocab::Kind::Spm => Model::Spm(index),
+            vocab::Kind::Bpe(ref pre) => {
+                // The BPE model's own map serves lookups by text.
+                drop(index);
+                let merges = merges.unwrap_or_default();
+                Model::Bpe(Box::new(bpe::Bpe::new(&vocab, pre, merges)?))
+            }
+        };
+        vocab.render_pieces()?;
+        Ok(Tokenizer { model, vocab })
     }
 
     /// Encodes `text`. `add_special` adds BOS/EOS as the vocabulary asks (`add_bos`/`add_eos`);
@@ -126,7 +194,7 @@ impl Tokenizer {
             );
         }
         match &self.model {
-            Model::Spm => {
+            Model::Spm(index) => {
                 // llama.cpp prefixes a space to a text fragment that starts the text or follows a
                 // special token.
                 let mut prev_special = true;
@@ -140,7 +208,7 @@ impl Tokenizer {
                             }
                             buf.push_str(&text[a..b]);
                             let escaped = buf.replace(' ', "\u{2581}");
-                            spm::tokenize(v, &escaped, &mut out)?;
+                            spm::tokenize(v, index, &escaped, &mut out)?;
                             prev_special = false;
                         }
                         vocab::Fragment::Token(id) => {
@@ -201,7 +269,7 @@ impl Tokenizer {
     }
 
     pub fn n_vocab(&self) -> usize {
-        self.vocab.tokens.len()
+        self.vocab.n_vocab()
     }
     pub fn bos(&self) -> Option<u32> {
         self.vocab.bos
@@ -247,12 +315,15 @@ impl Tokenizer {
 
     /// The vocabulary text of `id` (SPM `▁` and byte-level characters as stored).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.vocab.tokens.get(id as usize).map(String::as_str)
+        self.vocab.texts.get(id)
     }
 
     /// The id whose vocabulary text is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.vocab.token_to_id.get(text).copied()
+        match &self.model {
+            Model::Spm(index) => index.id(&self.vocab.texts, text),
+            Model::Bpe(bpe) => bpe.token_id(text),
+        }
     }
 
     /// `tokenizer.ggml.model` as given.
@@ -271,6 +342,3 @@ const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Tokenizer>();
 };
-
-/// `HashMap` alias used for token lookup.
-type TokenMap = HashMap<String, u32>;

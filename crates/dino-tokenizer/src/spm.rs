@@ -14,6 +14,7 @@ use std::collections::BinaryHeap;
 
 use dino_core::Result;
 
+use crate::arena::TokenIndex;
 use crate::vocab::Vocab;
 
 #[derive(Clone, Copy)]
@@ -55,6 +56,7 @@ impl Ord for Bigram {
 
 struct Session<'a> {
     vocab: &'a Vocab,
+    index: &'a TokenIndex,
     text: &'a str,
     symbols: Vec<Symbol>,
     queue: BinaryHeap<Bigram>,
@@ -67,24 +69,30 @@ impl Session<'_> {
         }
         let (l, r) = (self.symbols[left as usize], self.symbols[right as usize]);
         let piece = &self.text[l.start..l.start + l.n + r.n];
-        if let Some(&id) = self.vocab.token_to_id.get(piece) {
+        if let Some(id) = self.index.id(&self.vocab.texts, piece) {
             self.queue.push(Bigram {
                 left,
                 right,
-                score: self.vocab.scores[id as usize],
+                score: self.vocab.score(id),
                 size: piece.len(),
             });
         }
     }
 }
 
-/// Appends the ids of `text` (already `▁`-escaped) to `out`.
-pub(crate) fn tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<()> {
+/// Appends the ids of `text` (already `▁`-escaped) to `out`; `index` looks up `vocab`'s texts.
+pub(crate) fn tokenize(
+    vocab: &Vocab,
+    index: &TokenIndex,
+    text: &str,
+    out: &mut Vec<u32>,
+) -> Result<()> {
     if text.is_empty() {
         return Ok(());
     }
     let mut s = Session {
         vocab,
+        index,
         text,
         symbols: Vec::with_capacity(text.len()),
         queue: BinaryHeap::with_capacity(text.len()),
@@ -121,12 +129,12 @@ pub(crate) fn tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<
     while i != -1 {
         let sym = s.symbols[i as usize];
         let piece = &text[sym.start..sym.start + sym.n];
-        match vocab.token_to_id.get(piece) {
-            Some(&id) => out.push(id),
+        match index.id(&vocab.texts, piece) {
+            Some(id) => out.push(id),
             None => {
                 // Byte fallback; a byte with no token at all (no <0xXX>, no UNK) is dropped
                 // (llama.cpp would abort).
-                out.extend(piece.bytes().filter_map(|b| vocab.byte_to_token(b)));
+                out.extend(piece.bytes().filter_map(|b| vocab.byte_to_token(index, b)));
             }
         }
         i = sym.next;

@@ -2,12 +2,14 @@
 //! attributes, special ids with their defaults, the end-of-generation set, the special-token
 //! cache used to partition text, and the per-token pieces used for decoding.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use dino_core::{Error, Result};
 
+use crate::arena::{Pieces, TokenIndex, TokenTexts};
 use crate::bpe::{self, PreConfig};
-use crate::{TokenMap, VocabSpec};
+use crate::SpecRef;
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 pub mod token_type {
@@ -143,11 +145,11 @@ pub(crate) struct Vocab {
     pub kind: Kind,
     pub model_name: String,
     pub pre_name: Option<String>,
-    /// [n_vocab]
-    pub tokens: Vec<String>,
-    pub token_to_id: TokenMap,
-    /// [n_vocab]
-    pub scores: Vec<f32>,
+    /// [n_vocab] the token texts.
+    pub texts: TokenTexts,
+    /// [n_vocab] SentencePiece merge scores; empty (all 0) when not given, and for BPE, which
+    /// does not use them.
+    scores: Vec<f32>,
     /// [n_vocab] `attr::*` bits
     pub attrs: Vec<u32>,
     pub bos: Option<u32>,
@@ -162,13 +164,16 @@ pub(crate) struct Vocab {
     pub eog: HashSet<u32>,
     /// Control, user-defined and unknown tokens, longest text first.
     pub special_cache: Vec<u32>,
-    /// [n_vocab] what each token renders as with `special = true`.
-    pub pieces: Vec<Box<[u8]>>,
+    /// [n_vocab] what each token renders as with `special = true` (see
+    /// [`Vocab::render_pieces`]).
+    pieces: Pieces,
 }
 
 impl Vocab {
-    /// Validates `spec` and builds the vocabulary; also returns the parsed BPE merges.
-    pub fn build(spec: VocabSpec) -> Result<(Vocab, Vec<(String, String)>)> {
+    /// Validates `spec` and builds the vocabulary, all but its pieces ([`Vocab::render_pieces`]);
+    /// also returns the lookup of ids by text. The BPE merges are read by [`bpe::Bpe::new`];
+    /// here only their presence is checked.
+    pub fn build(spec: &SpecRef<'_>) -> Result<(Vocab, TokenIndex)> {
         let n = spec.tokens.len();
         if n == 0 {
             return Err(Error::format(KEY_TOKENS, "the vocabulary is empty"));
@@ -185,7 +190,7 @@ impl Vocab {
         let clean_spaces;
         let kind;
         let pre_name;
-        match spec.model.as_str() {
+        match spec.model {
             "llama" => {
                 is_spm = true;
                 (bos, eos, unk) = (Some(1), Some(2), Some(0));
@@ -199,7 +204,7 @@ impl Vocab {
                 is_spm = false;
                 // llama.cpp's (Falcon-era) BPE defaults.
                 (bos, eos, unk) = (Some(11), Some(11), None);
-                let name = spec.pre.clone().unwrap_or_else(|| "default".to_string());
+                let name = spec.pre.unwrap_or("default").to_string();
                 let pre = bpe::pre_config(&name).ok_or_else(|| {
                     Error::Unsupported(format!(
                         "tokenizer.ggml.pre: unsupported pre-tokenizer type '{name}'"
@@ -243,22 +248,24 @@ impl Vocab {
             }
         }
 
-        let mut tokens = spec.tokens;
-        let mut token_to_id = TokenMap::with_capacity(n);
-        let mut scores = Vec::with_capacity(n);
+        let bytes = (spec.tokens.iter().enumerate())
+            .map(|(i, t)| token_text(i, t).len())
+            .sum();
+        let mut texts = TokenTexts::with_capacity(n, bytes);
+        let mut index = TokenIndex::with_capacity(n);
         let mut attrs = Vec::with_capacity(n);
-        for (i, word) in tokens.iter_mut().enumerate() {
-            if word.is_empty() {
-                *word = format!("[EMPTY_{i}]");
-            }
-            if let Some(prev) = token_to_id.insert(word.clone(), i as u32) {
+        for (i, word) in spec.tokens.iter().enumerate() {
+            let word = token_text(i, word);
+            let id = texts
+                .push(&word)
+                .ok_or_else(|| Error::format(KEY_TOKENS, "the token texts exceed 4 GiB"))?;
+            if let Err(prev) = index.insert(&texts, id) {
                 return Err(Error::format(
                     KEY_TOKENS,
                     format!("duplicate token {word:?} at ids {prev} and {i}"),
                 ));
             }
-            scores.push(spec.scores.as_ref().map_or(0.0, |s| s[i]));
-            attrs.push(match spec.token_types.as_ref().map(|t| t[i]) {
+            attrs.push(match spec.token_types.map(|t| t[i]) {
                 None | Some(token_type::NORMAL) => attr::NORMAL,
                 Some(token_type::UNKNOWN) => attr::UNKNOWN,
                 Some(token_type::UNUSED) => attr::UNUSED,
@@ -269,26 +276,18 @@ impl Vocab {
             });
         }
 
-        // Merges (BPE only).
-        let mut merges = Vec::new();
-        if !is_spm {
-            let list = spec.merges.ok_or_else(|| Error::MissingKey {
+        // Only SentencePiece reads the scores.
+        let scores = match &spec.scores {
+            Some(s) if is_spm => s[..n].to_vec(),
+            _ => Vec::new(),
+        };
+
+        // Merges (BPE only), parsed by `bpe::Bpe::new`.
+        if !is_spm && spec.merges.is_none() {
+            return Err(Error::MissingKey {
                 context: "tokenizer (model gpt2)".into(),
                 key: KEY_MERGES.into(),
-            })?;
-            merges.reserve(list.len());
-            for (i, m) in list.into_iter().enumerate() {
-                // llama.cpp splits at the first space after the first byte.
-                let pos = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
-                let Some(pos) = pos else {
-                    return Err(Error::format(
-                        KEY_MERGES,
-                        format!("merge {i} {m:?} is not two tokens separated by a space"),
-                    ));
-                };
-                let (a, b) = (&m[..pos], &m[pos + 1..]);
-                merges.push((a.to_string(), b.to_string()));
-            }
+            });
         }
 
         // Special ids: defaults out of range are dropped; given ids must be in range.
@@ -340,8 +339,8 @@ impl Vocab {
         }
 
         // Auto-detect EOT / EOM / FIM tokens by text; they become control tokens.
-        let lookup = |t: &str| token_to_id.get(t).copied();
-        let first_of = |texts: &[&str]| texts.iter().find_map(|t| lookup(t));
+        let lookup = |t: &str| index.id(&texts, t);
+        let first_of = |names: &[&str]| names.iter().find_map(|t| lookup(t));
         let mut promote = Vec::new();
         if eot.is_none() {
             eot = first_of(EOT_TEXTS);
@@ -352,14 +351,14 @@ impl Vocab {
             promote.extend(eom);
         }
         let mut eog = HashSet::new();
-        for texts in FIM_EOG_TEXTS {
-            if let Some(id) = first_of(texts) {
+        for names in FIM_EOG_TEXTS {
+            if let Some(id) = first_of(names) {
                 promote.push(id);
                 eog.insert(id);
             }
         }
-        for texts in FIM_CONTROL_TEXTS {
-            promote.extend(first_of(texts));
+        for names in FIM_CONTROL_TEXTS {
+            promote.extend(first_of(names));
         }
         for t in EOG_TEXTS {
             if let Some(id) = lookup(t) {
@@ -403,10 +402,8 @@ impl Vocab {
             })
             .collect();
         special_cache.sort_by(|&a, &b| {
-            tokens[b as usize]
-                .len()
-                .cmp(&tokens[a as usize].len())
-                .then(a.cmp(&b))
+            let len = |id| texts.text(id).len();
+            len(b).cmp(&len(a)).then(a.cmp(&b))
         });
 
         // Per-model attributes keyed on general.name (llama.cpp does the same).
@@ -425,12 +422,11 @@ impl Vocab {
             }
         }
 
-        let mut vocab = Vocab {
+        let vocab = Vocab {
             kind,
-            model_name: spec.model,
+            model_name: spec.model.to_string(),
             pre_name,
-            tokens,
-            token_to_id,
+            texts,
             scores,
             attrs,
             bos,
@@ -444,10 +440,37 @@ impl Vocab {
             clean_spaces,
             eog,
             special_cache,
-            pieces: Vec::new(),
+            pieces: Pieces::default(),
         };
-        vocab.pieces = (0..n as u32).map(|id| vocab.render(id)).collect();
-        Ok((vocab, merges))
+        Ok((vocab, index))
+    }
+
+    /// Renders the piece of every token. Separate from [`Vocab::build`] so that the pieces
+    /// need not be held while the BPE model is built, the peak of building a tokenizer.
+    pub fn render_pieces(&mut self) -> Result<()> {
+        let n = self.n_vocab();
+        // Pieces are rarely longer than their texts (`▁`, `Ġ`, `<0x0A>` become one byte).
+        let mut pieces = Pieces::with_capacity(n, self.texts.total_len());
+        let mut piece = Vec::new();
+        for id in 0..n as u32 {
+            piece.clear();
+            self.render(id, &mut piece);
+            if !pieces.push(&piece) {
+                return Err(Error::format(KEY_TOKENS, "the token pieces exceed 4 GiB"));
+            }
+        }
+        pieces.shrink_to_fit();
+        self.pieces = pieces;
+        Ok(())
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// The SentencePiece score of `id`.
+    pub fn score(&self, id: u32) -> f32 {
+        self.scores.get(id as usize).copied().unwrap_or(0.0)
     }
 
     pub fn attr(&self, id: u32) -> u32 {
@@ -457,28 +480,25 @@ impl Vocab {
             .unwrap_or(attr::UNDEFINED)
     }
 
-    /// llama.cpp's `token_to_piece(special = true)` before any `lstrip`.
-    fn render(&self, id: u32) -> Box<[u8]> {
-        let text = &self.tokens[id as usize];
+    /// Appends llama.cpp's `token_to_piece(special = true)` before any `lstrip` to `out`.
+    fn render(&self, id: u32, out: &mut Vec<u8>) {
+        let text = self.texts.text(id);
         let a = self.attrs[id as usize];
         if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
-            return text.as_bytes().into();
-        }
-        if a & attr::NORMAL != 0 {
-            return match self.kind {
-                Kind::Spm => text.replace('\u{2581}', " ").into_bytes().into(),
-                Kind::Bpe(_) => bpe::byte_level_decode(text).into(),
-            };
-        }
-        if a & attr::BYTE != 0 {
-            return match parse_byte_token(text) {
-                Some(b) => Box::new([b]),
+            out.extend_from_slice(text.as_bytes());
+        } else if a & attr::NORMAL != 0 {
+            match self.kind {
+                Kind::Spm => out.extend_from_slice(text.replace('\u{2581}', " ").as_bytes()),
+                Kind::Bpe(_) => bpe::byte_level_decode(text, out),
+            }
+        } else if a & attr::BYTE != 0 {
+            match parse_byte_token(text) {
+                Some(b) => out.push(b),
                 // A "byte" token that is not <0xXX>: llama.cpp would read garbage; render its
                 // text.
-                None => text.as_bytes().into(),
-            };
+                None => out.extend_from_slice(text.as_bytes()),
+            }
         }
-        Box::new([])
     }
 
     /// The piece of `id`, empty for control/unknown tokens unless `special`.
@@ -487,7 +507,7 @@ impl Vocab {
         if !special && a & (attr::UNKNOWN | attr::CONTROL) != 0 {
             return Some(&[]);
         }
-        Some(&self.pieces[id as usize])
+        self.pieces.get(id)
     }
 
     /// llama.cpp's `tokenizer_st_partition`: split `text` around special tokens.
@@ -503,7 +523,7 @@ impl Vocab {
             if !parse_special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
                 continue;
             }
-            let needle = self.tokens[id as usize].as_str();
+            let needle = self.texts.text(id);
             // Cheap skip: most special tokens do not occur at all.
             if !frags
                 .iter()
@@ -546,18 +566,26 @@ impl Vocab {
     }
 
     /// The `<0xXX>` token for byte `b`, else a token whose text is that single byte, else UNK.
-    pub fn byte_to_token(&self, b: u8) -> Option<u32> {
+    pub fn byte_to_token(&self, index: &TokenIndex, b: u8) -> Option<u32> {
         let name = format!("<0x{b:02X}>");
-        if let Some(&id) = self.token_to_id.get(&name) {
+        if let Some(id) = index.id(&self.texts, &name) {
             return Some(id);
         }
         if b.is_ascii() {
             let s = (b as char).to_string();
-            if let Some(&id) = self.token_to_id.get(&s) {
+            if let Some(id) = index.id(&self.texts, &s) {
                 return Some(id);
             }
         }
         self.unk
+    }
+}
+
+/// The text of token `i`: llama.cpp names empty tokens by id.
+fn token_text(i: usize, text: &str) -> Cow<'_, str> {
+    match text {
+        "" => Cow::Owned(format!("[EMPTY_{i}]")),
+        t => Cow::Borrowed(t),
     }
 }
 

@@ -68,6 +68,21 @@ fn special_ids_and_add_bos_defaults() {
 }
 
 #[test]
+fn every_token_text_looks_up_its_id() {
+    for name in ["llama-spm", "qwen2", "gpt-2", "phi-3"] {
+        let tok = load(name);
+        for id in 0..tok.n_vocab() as u32 {
+            let text = tok.token_text(id).unwrap();
+            assert_eq!(tok.token_id(text), Some(id), "{name}: {text:?}");
+            assert!(tok.token_piece(id, true).is_some(), "{name}: {id}");
+        }
+        let n = tok.n_vocab() as u32;
+        assert_eq!((tok.token_text(n), tok.token_piece(n, true)), (None, None));
+        assert_eq!(tok.token_id("no such token \u{1}"), None);
+    }
+}
+
+#[test]
 fn end_of_generation() {
     let qwen = load("qwen2");
     let id = |t: &str| qwen.token_id(t).unwrap();

@@ -93,6 +93,26 @@ fn spm_options() {
     assert!(tok.is_eog(2));
 }
 
+#[test]
+fn empty_tokens_are_named_by_id() {
+    // llama.cpp names an empty token "[EMPTY_<id>]"; it is looked up by that name.
+    let spm = Tokenizer::from_spec(spm_spec(&[("▁a", -1.0), ("", -2.0)])).unwrap();
+    assert_eq!(spm.token_text(260), Some("[EMPTY_260]"));
+    assert_eq!(spm.token_id("[EMPTY_260]"), Some(260));
+    assert_eq!(spm.token_id(""), None);
+    assert_eq!(spm.token_piece(260, false), Some(&b"[EMPTY_260]"[..]));
+
+    let mut spec = bpe_spec();
+    spec.tokens.push(String::new());
+    spec.token_types = None;
+    let bpe = Tokenizer::from_spec(spec).unwrap();
+    assert_eq!(bpe.token_text(6), Some("[EMPTY_6]"));
+    assert_eq!(bpe.token_id("[EMPTY_6]"), Some(6));
+    assert_eq!(bpe.token_id("ab"), Some(3));
+    assert_eq!(bpe.token_id(""), None);
+    assert_eq!(bpe.token_piece(4, false), Some(&b" ab"[..]));
+}
+
 fn bpe_spec() -> VocabSpec {
     // Byte-level alphabet for "ab" + space ("Ġ"), with merges a+b and Ġ+ab.
     VocabSpec {
