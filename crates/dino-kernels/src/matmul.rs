@@ -402,7 +402,10 @@ fn run_products(
         TILE_BUFS.with(|bufs| {
             let (buf, buf_up) = &mut *bufs.borrow_mut();
             for item in items {
-                let (tb, mut it) = (item / n_items_per_tb, item % n_items_per_tb);
+                // Row chunk major: the token blocks of one row chunk run back to back (on both
+                // threads at once), so its weights come from DRAM once per batch, not once per
+                // token block.
+                let (tb, mut it) = (item % n_tb, item / n_tb);
                 let mut ji = 0;
                 while ji + 1 < n_mats
                     && !(swiglu && ji == 0)
