@@ -628,14 +628,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def result_paths(out_dir: Path, date: str, quick: bool) -> tuple[Path, Path]:
+    """`compare-DATE.md`, then `-2`, `-3`, ...: one past the highest taken today, so the
+    numbers follow the order of the runs even when an earlier file was deleted."""
     stem = f"compare-{date}" + ("-quick" if quick else "")
-    i = 1
-    while True:
-        s = stem if i == 1 else f"{stem}-{i}"
-        md, js = out_dir / f"{s}.md", out_dir / f"{s}.json"
-        if not md.exists() and not js.exists():
-            return md, js
-        i += 1
+    taken = [1] if (out_dir / f"{stem}.md").exists() or (out_dir / f"{stem}.json").exists() else []
+    for p in out_dir.glob(f"{stem}-*.*"):
+        m = re.fullmatch(re.escape(stem) + r"-(\d+)\.(md|json)", p.name)
+        if m:
+            taken.append(int(m.group(1)))
+    i = max(taken, default=0) + 1
+    s = stem if i == 1 else f"{stem}-{i}"
+    return out_dir / f"{s}.md", out_dir / f"{s}.json"
 
 
 def update_readme(args) -> int:
