@@ -110,6 +110,7 @@ MODELS = {
         "path": MODELS_DIR / "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
         "kind": "prompts",
     },
+    "gemma-3-270m-Q4_K_M": {"path": MODELS_DIR / "gemma-3-270m-Q4_K_M.gguf", "kind": "prompts"},
     "stories260K": {"path": SHARED / "models/stories260K.gguf", "kind": "stories"},
 }
 

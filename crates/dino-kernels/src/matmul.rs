@@ -183,6 +183,15 @@ pub enum Epilogue {
     /// Exactly two matrices, gate and up: `out_gate = silu(gate·x) * (up·x)`; `out_up` is
     /// untouched (may be empty).
     SwiGlu,
+    /// As `SwiGlu` with GELU (ggml's tanh form from its f16 table, [`crate::ops::geglu`]).
+    GeGlu,
+}
+
+impl Epilogue {
+    /// A gated pair (gate and up) whose product lands in the gate's output.
+    pub fn is_glu(self) -> bool {
+        matches!(self, Epilogue::SwiGlu | Epilogue::GeGlu)
+    }
 }
 
 /// `out[t, r] = Σ_k w[r, k] · x[t, k]` for `n_tokens` tokens.
@@ -229,7 +238,7 @@ pub fn matmul_fused(
         n_tokens * n_in,
         "matmul: x is not [n_tokens, n_in]"
     );
-    if epilogue == Epilogue::SwiGlu {
+    if epilogue.is_glu() {
         assert!(
             mats.len() == 2 && mats[0].0.n_out == mats[1].0.n_out,
             "matmul: SwiGLU needs gate and up of one shape"
@@ -237,13 +246,13 @@ pub fn matmul_fused(
     }
     for (w, out) in mats.iter() {
         assert_eq!(w.n_in, n_in, "matmul: matrices read different input widths");
-        let n_out = if epilogue == Epilogue::SwiGlu {
+        let n_out = if epilogue.is_glu() {
             mats[0].0.n_out
         } else {
             w.n_out
         };
         assert!(
-            out.len() == n_tokens * n_out || (epilogue == Epilogue::SwiGlu && out.is_empty()),
+            out.len() == n_tokens * n_out || (epilogue.is_glu() && out.is_empty()),
             "matmul: out is not [n_tokens, n_out]"
         );
     }
@@ -367,7 +376,7 @@ fn run_products(
             ROW_CHUNK_MAX
         }
     };
-    let swiglu = epilogue == Epilogue::SwiGlu;
+    let swiglu = epilogue.is_glu();
     let mut jobs: [Option<Job>; 4] = [None, None, None, None];
     let mut n_items_per_tb = 0;
     for (i, (w, out)) in mats.iter_mut().enumerate() {
@@ -444,7 +453,11 @@ fn run_products(
                         split_all,
                         &mut buf_up[..nr * nt],
                     );
-                    crate::ops::swiglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
+                    if epilogue == Epilogue::GeGlu {
+                        crate::ops::geglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
+                    } else {
+                        crate::ops::swiglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
+                    }
                 }
                 let n_out = job.w.n_out;
                 for t in 0..nt {

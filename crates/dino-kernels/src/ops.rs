@@ -135,6 +135,40 @@ pub fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU, tanh form, as ggml's `ggml_gelu_f32`.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+/// ggml's GELU table: `f16(gelu_tanh(f32(h)))` for every f16 bit pattern `h`.
+fn gelu_f16_table() -> &'static [f16] {
+    static TABLE: std::sync::OnceLock<Vec<f16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())))
+            .collect()
+    })
+}
+
+/// GeGLU in place, as ggml's `ggml_vec_geglu_f32` (built with `GGML_GELU_FP16`): `gate[i] =
+/// gelu(gate[i]) * up[i]`, GELU looked up for the f16-rounded input, 0 at or below -10 and the
+/// identity at or above 10.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_f16_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            table[f16::from_f32(x).to_bits() as usize].to_f32() * u
+        };
+    }
+}
+
 /// `y += x`.
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
     for (a, &b) in y.iter_mut().zip(x) {
@@ -450,6 +484,33 @@ pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GeGLU follows ggml's table form: GELU of the f16-rounded input, rounded to f16, times up;
+    /// 0 at or below -10 and `x * up` at or above 10.
+    #[test]
+    fn geglu_is_ggmls_f16_table_form() {
+        let xs = [
+            -12.0f32, -10.0, -9.99, -3.3, -0.5, -1e-4, 0.0, 1e-4, 0.7, 2.5, 9.99, 10.0, 37.0,
+        ];
+        let up: Vec<f32> = (0..xs.len()).map(|i| 0.5 + i as f32 * 0.25).collect();
+        let mut g = xs.to_vec();
+        geglu(&mut g, &up);
+        for ((&x, &u), &got) in xs.iter().zip(&up).zip(&g) {
+            let want = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x * u
+            } else {
+                let h = f16::from_f32(x).to_f32();
+                f16::from_f32(gelu_tanh(h)).to_f32() * u
+            };
+            assert_eq!(got.to_bits(), want.to_bits(), "x {x}");
+        }
+        // GELU itself: 0 at 0, odd part small, close to x for large x.
+        assert_eq!(gelu_tanh(0.0), 0.0);
+        assert!((gelu_tanh(3.0) - 2.99636).abs() < 1e-4);
+        assert!((gelu_tanh(-1.0) + 0.158808).abs() < 1e-4);
+    }
 
     #[test]
     fn tiled_prompt_attention_matches_the_online_form() {

@@ -26,7 +26,11 @@ impl LoadOptions {
 
 type Loader = fn(Arc<GgufFile>, &LoadOptions) -> Result<Box<dyn Model>>;
 
-const REGISTRY: &[(&str, Loader)] = &[("llama", arch::llama::load), ("qwen2", arch::qwen2::load)];
+const REGISTRY: &[(&str, Loader)] = &[
+    ("gemma3", arch::gemma3::load),
+    ("llama", arch::llama::load),
+    ("qwen2", arch::qwen2::load),
+];
 
 /// Names of the architectures Dino can run.
 pub fn supported_architectures() -> Vec<&'static str> {

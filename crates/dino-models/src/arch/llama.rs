@@ -14,11 +14,7 @@ pub fn load(file: Arc<GgufFile>, opts: &LoadOptions) -> Result<Box<dyn Model>> {
     let dec = Decoder::load(
         file,
         hp,
-        &DecoderOptions {
-            arch: "llama",
-            rope_style: RopeStyle::Normal,
-            qkv_bias_required: false,
-        },
+        &DecoderOptions::new("llama", RopeStyle::Normal),
         opts,
     )?;
     Ok(Box::new(dec))

@@ -1,4 +1,5 @@
 //! One file per model family.
 
+pub mod gemma3;
 pub mod llama;
 pub mod qwen2;

@@ -13,9 +13,8 @@ pub fn load(file: Arc<GgufFile>, opts: &LoadOptions) -> Result<Box<dyn Model>> {
         file,
         hp,
         &DecoderOptions {
-            arch: "qwen2",
-            rope_style: RopeStyle::Neox,
             qkv_bias_required: true,
+            ..DecoderOptions::new("qwen2", RopeStyle::Neox)
         },
         opts,
     )?;

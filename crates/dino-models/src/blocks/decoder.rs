@@ -18,12 +18,68 @@ use dino_kernels::ops::{self, AttnShape, RopeParams, RopeStyle};
 use dino_kernels::pool::{SharedMut, ThreadPool};
 use std::sync::{Arc, Mutex};
 
-/// Family-specific switches.
+/// Family-specific switches. [`DecoderOptions::new`] gives the Llama defaults.
 pub struct DecoderOptions {
     pub arch: &'static str,
     pub rope_style: RopeStyle,
     /// Q/K/V biases must be present (qwen2); otherwise they are used when present.
     pub qkv_bias_required: bool,
+    /// Per-head RMSNorm of Q and K before RoPE (`attn_q_norm`, `attn_k_norm`: qwen3, gemma3).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and FFN outputs before their residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`: gemma3).
+    pub post_norms: bool,
+    /// Embeddings are multiplied by this (gemma3: `sqrt(n_embd)`).
+    pub embed_scale: Option<f32>,
+    /// The gated feed-forward's activation.
+    pub ffn: Epilogue,
+    /// Q is multiplied by this after RoPE and attention scores are not scaled again (gemma3);
+    /// `None`: scores are scaled by `1/sqrt(head_dim)`.
+    pub q_scale: Option<f32>,
+    /// Sliding-window attention on some layers.
+    pub swa: Option<SlidingWindow>,
+    /// `logits = c · tanh(logits / c)` (gemma3 when the file sets it).
+    pub final_softcap: Option<f32>,
+}
+
+impl DecoderOptions {
+    /// A Llama-shaped decoder: SwiGLU, no extra norms, full attention.
+    pub fn new(arch: &'static str, rope_style: RopeStyle) -> DecoderOptions {
+        DecoderOptions {
+            arch,
+            rope_style,
+            qkv_bias_required: false,
+            qk_norm: false,
+            post_norms: false,
+            embed_scale: None,
+            ffn: Epilogue::SwiGlu,
+            q_scale: None,
+            swa: None,
+            final_softcap: None,
+        }
+    }
+}
+
+/// Sliding-window attention: on the layers marked, a query at position `p` sees the keys at
+/// `p - n_swa < k <= p` (llama.cpp's standard window), with its own RoPE base and no RoPE
+/// scaling.
+#[derive(Clone, Debug)]
+pub struct SlidingWindow {
+    pub n_swa: usize,
+    /// `[n_layer]`: whether each layer is windowed.
+    pub layers: Vec<bool>,
+    pub rope_freq_base: f32,
+}
+
+impl SlidingWindow {
+    /// First key position a query at `pos` sees on layer `il`.
+    fn start(&self, il: usize, pos: usize) -> usize {
+        if self.layers[il] {
+            (pos + 1).saturating_sub(self.n_swa)
+        } else {
+            0
+        }
+    }
 }
 
 struct Layer {
@@ -34,8 +90,14 @@ struct Layer {
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
+    /// `[head_dim]` each, with `qk_norm`.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: Weight,
+    /// `[n_embd]`, with `post_norms`.
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
+    post_ffn_norm: Option<Vec<f32>>,
     w_gate: Weight,
     w_up: Weight,
     w_down: Weight,
@@ -52,6 +114,8 @@ struct Workspace {
     att: Vec<f32>,   // [n, n_head * head_dim]
     gate: Vec<f32>,  // [n, n_ff]: silu(gate) * up
     out_x: Vec<f32>, // [n_out, n_embd]
+    y: Vec<f32>,     // [n, n_embd]: a sublayer's output before its post-norm
+    head: Vec<f32>,  // [head_dim]
     kf: Vec<f32>, // [n_head_kv, head_dim, p_pad]: one sequence's K transposed to f32 (prompt batches)
     vf: Vec<f32>, // [n_pos, n_head_kv * head_dim]: same for V
     rope: Vec<f32>, // [rope_dims]
@@ -71,6 +135,8 @@ impl Workspace {
         r(&mut self.att, n * hp.n_q_dim());
         r(&mut self.gate, n * hp.n_ff);
         r(&mut self.out_x, n * hp.n_embd);
+        r(&mut self.y, n * hp.n_embd);
+        r(&mut self.head, hp.head_dim);
         r(&mut self.rope, hp.rope_dims);
         self.mm.reserve(n, hp.n_ff.max(hp.n_embd).max(hp.n_q_dim()));
         self.cap = n;
@@ -81,6 +147,14 @@ pub struct Decoder {
     info: ModelInfo,
     hp: HParams,
     rope: RopeParams,
+    /// The windowed layers' RoPE, with `swa`.
+    rope_swa: Option<RopeParams>,
+    qk_norm: bool,
+    embed_scale: Option<f32>,
+    ffn: Epilogue,
+    q_scale: Option<f32>,
+    swa: Option<SlidingWindow>,
+    final_softcap: Option<f32>,
     tok_embd: Weight,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
@@ -111,6 +185,31 @@ impl Decoder {
         } else {
             t.matrix("token_embd.weight", e, hp.n_vocab)?
         };
+        if !matches!(opt.ffn, Epilogue::SwiGlu | Epilogue::GeGlu) {
+            return Err(Error::invalid(
+                "decoder: the FFN activation must be SwiGLU or GeGLU",
+            ));
+        }
+        if let Some(w) = &opt.swa {
+            if w.layers.len() != hp.n_layer || w.n_swa == 0 {
+                return Err(Error::format(
+                    format!("{}.attention.sliding_window", opt.arch),
+                    format!(
+                        "window {} over {} layer flags for {} layers",
+                        w.n_swa,
+                        w.layers.len(),
+                        hp.n_layer
+                    ),
+                ));
+            }
+        }
+        let norm_if = |on: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+            if on {
+                t.vector(name, len).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
             let n = |s: &str| format!("blk.{il}.{s}");
@@ -129,8 +228,12 @@ impl Decoder {
                 bq: bias("attn_q.bias", q)?,
                 bk: bias("attn_k.bias", kv)?,
                 bv: bias("attn_v.bias", kv)?,
+                q_norm: norm_if(opt.qk_norm, &n("attn_q_norm.weight"), hp.head_dim)?,
+                k_norm: norm_if(opt.qk_norm, &n("attn_k_norm.weight"), hp.head_dim)?,
                 wo: t.matrix(&n("attn_output.weight"), q, e)?,
+                post_attn_norm: norm_if(opt.post_norms, &n("post_attention_norm.weight"), e)?,
                 ffn_norm: t.vector(&n("ffn_norm.weight"), e)?,
+                post_ffn_norm: norm_if(opt.post_norms, &n("post_ffw_norm.weight"), e)?,
                 w_gate: t.matrix(&n("ffn_gate.weight"), e, ff)?,
                 w_up: t.matrix(&n("ffn_up.weight"), e, ff)?,
                 w_down: t.matrix(&n("ffn_down.weight"), ff, e)?,
@@ -163,6 +266,11 @@ impl Decoder {
             freq_factors,
             attn_factor: 1.0,
         };
+        let rope_swa = opt.swa.as_ref().map(|w| RopeParams {
+            freq_base: w.rope_freq_base,
+            freq_scale: 1.0,
+            ..rope.clone()
+        });
         let weight_bytes = layers
             .iter()
             .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
@@ -182,6 +290,13 @@ impl Decoder {
             info,
             hp,
             rope,
+            rope_swa,
+            qk_norm: opt.qk_norm,
+            embed_scale: opt.embed_scale,
+            ffn: opt.ffn,
+            q_scale: opt.q_scale,
+            swa: opt.swa.clone(),
+            final_softcap: opt.final_softcap,
             tok_embd,
             layers,
             out_norm,
@@ -224,6 +339,37 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+}
+
+/// `x += w · a`, or with a post-norm `x += rmsnorm(w · a) * norm` (through `y` and `yn`,
+/// `[n, n_embd]` each).
+#[allow(clippy::too_many_arguments)]
+fn residual(
+    pool: &ThreadPool,
+    w: &matmul::QMatrix,
+    a: &[f32],
+    x: &mut [f32],
+    n: usize,
+    post_norm: Option<(&[f32], f32)>,
+    (y, yn): (&mut [f32], &mut [f32]),
+    mm: &mut MatmulScratch,
+) {
+    let Some((norm, eps)) = post_norm else {
+        matmul::matmul_fused(pool, &mut [(w, x)], a, n, None, Epilogue::Accumulate, mm);
+        return;
+    };
+    let len = x.len();
+    let (y, yn) = (&mut y[..len], &mut yn[..len]);
+    matmul::matmul_fused(pool, &mut [(w, &mut *y)], a, n, None, Epilogue::Store, mm);
+    let e = norm.len();
+    for ((xr, yr), ynr) in x
+        .chunks_exact_mut(e)
+        .zip(y.chunks_exact(e))
+        .zip(yn.chunks_exact_mut(e))
+    {
+        ops::rmsnorm(yr, norm, eps, ynr);
+        ops::add_assign(xr, ynr);
     }
 }
 
@@ -289,14 +435,22 @@ impl Model for Decoder {
             self.tok_embd.matrix()
         };
         for (t, &tok) in batch.tokens.iter().enumerate() {
-            matmul::dequantize_row(&emb, tok as usize, &mut x[t * e..(t + 1) * e]);
+            let row = &mut x[t * e..(t + 1) * e];
+            matmul::dequantize_row(&emb, tok as usize, row);
+            if let Some(s) = self.embed_scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
         }
 
         let shape = AttnShape {
             n_head: hp.n_head,
             n_head_kv: hp.n_head_kv,
             head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
+            scale: if self.q_scale.is_some() {
+                1.0
+            } else {
+                1.0 / (hd as f32).sqrt()
+            },
         };
         let group = hp.n_head / hp.n_head_kv;
 
@@ -318,11 +472,28 @@ impl Model for Decoder {
             add_bias(q, &l.bq);
             add_bias(k, &l.bk);
             add_bias(v, &l.bv);
+            if self.qk_norm {
+                let (qn, kn) = (l.q_norm.as_deref(), l.k_norm.as_deref());
+                let (qn, kn) = (qn.expect("q norm"), kn.expect("k norm"));
+                let head = &mut ws.head[..hd];
+                for (rows, w) in [(&mut *q, qn), (&mut *k, kn)] {
+                    for h in rows.chunks_exact_mut(hd) {
+                        head.copy_from_slice(h);
+                        ops::rmsnorm(head, w, hp.rms_eps, h);
+                    }
+                }
+            }
+            let rope = match (&self.swa, &self.rope_swa) {
+                (Some(w), Some(r)) if w.layers[il] => r,
+                _ => &self.rope,
+            };
             for t in 0..n {
-                self.rope.cache(batch.pos[t] as i64, &mut ws.rope);
-                self.rope.apply(&mut q[t * qd..(t + 1) * qd], hd, &ws.rope);
-                self.rope
-                    .apply(&mut k[t * kvd..(t + 1) * kvd], hd, &ws.rope);
+                rope.cache(batch.pos[t] as i64, &mut ws.rope);
+                rope.apply(&mut q[t * qd..(t + 1) * qd], hd, &ws.rope);
+                rope.apply(&mut k[t * kvd..(t + 1) * kvd], hd, &ws.rope);
+                if let Some(s) = self.q_scale {
+                    q[t * qd..(t + 1) * qd].iter_mut().for_each(|v| *v *= s);
+                }
                 kv.store(
                     il,
                     batch.seq[t] as usize,
@@ -340,7 +511,14 @@ impl Model for Decoder {
                 // prompt batch converts the cache rows it reads to f32 once per layer.
                 let single_seq = batch.seq.iter().all(|&s| s == batch.seq[0]);
                 let n_pos = batch.pos.iter().max().map_or(0, |&p| p as usize + 1);
-                let f32_path = n >= 64 && single_seq;
+                let start = |t: usize| {
+                    self.swa
+                        .as_ref()
+                        .map_or(0, |w| w.start(il, batch.pos[t] as usize))
+                };
+                // The f32 path reads whole 64-position tiles from position 0: windowed layers
+                // take it only while no query's window has moved past the first key.
+                let f32_path = n >= 64 && single_seq && (0..n).all(|t| start(t) == 0);
                 let p_pad = n_pos.div_ceil(ops::ATTN_TILE) * ops::ATTN_TILE;
                 if f32_path {
                     let (kc, vc) = kv.seq_layer(il, batch.seq[0] as usize);
@@ -375,6 +553,9 @@ impl Model for Decoder {
                             let h0 = g * group + part * per_item;
                             let nh = per_item.min((g + 1) * group - h0);
                             let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
+                            // The window's keys only (llama.cpp skips masked positions).
+                            let s0 = start(t);
+                            let (kc, vc) = (&kc[s0 * kvd..], &vc[s0 * kvd..]);
                             let span = t * qd + h0 * hd..t * qd + (h0 + nh) * hd;
                             // SAFETY: each (token, heads) output slice is written by one item.
                             let dst = unsafe { pa.slice(span.start, span.len()) };
@@ -382,7 +563,7 @@ impl Model for Decoder {
                                 &q[span],
                                 kc,
                                 vc,
-                                batch.pos[t] as usize + 1,
+                                batch.pos[t] as usize + 1 - s0,
                                 g,
                                 &shape,
                                 dst,
@@ -411,22 +592,26 @@ impl Model for Decoder {
                                 );
                             } else {
                                 let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
-                                ops::attend_head(qh, kc, vc, n_pos, h / group, &shape, dst);
+                                let s0 = start(t);
+                                let (kc, vc) = (&kc[s0 * kvd..], &vc[s0 * kvd..]);
+                                ops::attend_head(qh, kc, vc, n_pos - s0, h / group, &shape, dst);
                             }
                         }
                     });
                 }
             }
 
-            // x += Wo · att (the residual add fused into the product's store).
+            // x += Wo · att (the residual add fused into the product's store), or with
+            // post-norms x += norm(Wo · att).
             let wo = l.wo.matrix();
-            matmul::matmul_fused(
+            residual(
                 pool,
-                &mut [(&wo, &mut *x)],
+                &wo,
                 att,
+                x,
                 n,
-                None,
-                Epilogue::Accumulate,
+                l.post_attn_norm.as_deref().map(|w| (w, hp.rms_eps)),
+                (&mut ws.y, &mut ws.out_x),
                 &mut ws.mm,
             );
 
@@ -441,17 +626,18 @@ impl Model for Decoder {
                     weight: &l.ffn_norm,
                     eps: hp.rms_eps,
                 }),
-                Epilogue::SwiGlu,
+                self.ffn,
                 &mut ws.mm,
             );
             let wd = l.w_down.matrix();
-            matmul::matmul_fused(
+            residual(
                 pool,
-                &mut [(&wd, &mut *x)],
+                &wd,
                 gate,
+                x,
                 n,
-                None,
-                Epilogue::Accumulate,
+                l.post_ffn_norm.as_deref().map(|w| (w, hp.rms_eps)),
+                (&mut ws.y, &mut ws.out_x),
                 &mut ws.mm,
             );
         }
@@ -482,6 +668,9 @@ impl Model for Decoder {
                 &mut out.data,
                 &mut ws.mm,
             );
+            if let Some(c) = self.final_softcap {
+                out.data.iter_mut().for_each(|v| *v = (*v / c).tanh() * c);
+            }
         }
         Ok(())
     }
