@@ -20,7 +20,7 @@ REPO = HERE.parent.parent
 OUT = REPO / "crates/dino-testutil/data/reference/perplexity.json"
 PEER = pathlib.Path(os.environ.get("DINO_PEER_DIR", pathlib.Path.home() / ".cache/dino-peer"))
 LOGS = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else PEER / "ppl-logs"
-STEMS = ["SmolLM2-135M-Instruct.Q4_1", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M"]
+STEMS = ["SmolLM2-135M-Instruct.Q4_1", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M", "gemma-3-270m-Q4_K_M"]
 N_CTX = 512
 
 

@@ -12,7 +12,7 @@ TEXT="$(realpath "$TEXT")"
 OUT="${1:-$DINO_PEER_DIR/ppl-logs}"
 THREADS="${THREADS:-2}"
 mkdir -p "$OUT"
-for stem in SmolLM2-135M-Instruct.Q4_1 Qwen2.5-Coder-0.5B-Instruct.Q4_K_M; do
+for stem in SmolLM2-135M-Instruct.Q4_1 Qwen2.5-Coder-0.5B-Instruct.Q4_K_M gemma-3-270m-Q4_K_M; do
   for mode in chunks4 full; do
     extra=(); [ "$mode" = chunks4 ] && extra=(--chunks 4)
     log="$OUT/$stem.$mode.log"

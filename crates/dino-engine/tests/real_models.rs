@@ -224,6 +224,7 @@ fn perplexity_first_chunks_match_llama_cpp() {
     for (name, file) in [
         ("smollm2", "SmolLM2-135M-Instruct.Q4_1"),
         ("qwen05", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M"),
+        ("gemma3", "gemma-3-270m-Q4_K_M"),
     ] {
         let r = refs["models"][file]["chunks4"].clone();
         let want = r["ppl_f64"]
