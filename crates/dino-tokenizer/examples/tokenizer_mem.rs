@@ -65,24 +65,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Seconds this thread has run on a CPU, so that other load on the machine does not count.
-fn thread_cpu_time() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `ts` is a valid, writable `struct timespec` (two 64-bit fields on x86-64 Linux);
-    // clock_gettime only writes it.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
-}
+// This thread's CPU time, so that other load on the machine does not count (shared with the
+// kernel benchmarks).
+#[path = "../../dino-kernels/examples/common/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::thread_cpu_time;
 
 /// Milliseconds of CPU time `f` takes on this thread.
 fn cpu_ms<T>(f: impl FnOnce() -> T) -> (T, f64) {

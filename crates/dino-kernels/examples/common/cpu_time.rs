@@ -1,4 +1,5 @@
-//! Shared by the kernel benchmarks (`#[path]`-included; not an example of its own).
+//! Shared by the kernel benchmarks and the tokenizer's `tokenizer_mem` (`#[path]`-included;
+//! not an example of its own).
 
 /// This thread's CPU time in seconds (time spent descheduled on a busy machine is not counted).
 pub fn thread_cpu_time() -> f64 {

@@ -147,13 +147,11 @@ pub struct Decoder {
     info: ModelInfo,
     hp: HParams,
     rope: RopeParams,
-    /// The windowed layers' RoPE, with `swa`.
-    rope_swa: Option<RopeParams>,
-    qk_norm: bool,
     embed_scale: Option<f32>,
     ffn: Epilogue,
     q_scale: Option<f32>,
-    swa: Option<SlidingWindow>,
+    /// The windowed layers and their RoPE.
+    swa: Option<(SlidingWindow, RopeParams)>,
     final_softcap: Option<f32>,
     tok_embd: Weight,
     layers: Vec<Layer>,
@@ -266,10 +264,13 @@ impl Decoder {
             freq_factors,
             attn_factor: 1.0,
         };
-        let rope_swa = opt.swa.as_ref().map(|w| RopeParams {
-            freq_base: w.rope_freq_base,
-            freq_scale: 1.0,
-            ..rope.clone()
+        let swa = opt.swa.as_ref().map(|w| {
+            let rope = RopeParams {
+                freq_base: w.rope_freq_base,
+                freq_scale: 1.0,
+                ..rope.clone()
+            };
+            (w.clone(), rope)
         });
         let weight_bytes = layers
             .iter()
@@ -290,12 +291,10 @@ impl Decoder {
             info,
             hp,
             rope,
-            rope_swa,
-            qk_norm: opt.qk_norm,
             embed_scale: opt.embed_scale,
             ffn: opt.ffn,
             q_scale: opt.q_scale,
-            swa: opt.swa.clone(),
+            swa,
             final_softcap: opt.final_softcap,
             tok_embd,
             layers,
@@ -472,9 +471,7 @@ impl Model for Decoder {
             add_bias(q, &l.bq);
             add_bias(k, &l.bk);
             add_bias(v, &l.bv);
-            if self.qk_norm {
-                let (qn, kn) = (l.q_norm.as_deref(), l.k_norm.as_deref());
-                let (qn, kn) = (qn.expect("q norm"), kn.expect("k norm"));
+            if let (Some(qn), Some(kn)) = (l.q_norm.as_deref(), l.k_norm.as_deref()) {
                 let head = &mut ws.head[..hd];
                 for (rows, w) in [(&mut *q, qn), (&mut *k, kn)] {
                     for h in rows.chunks_exact_mut(hd) {
@@ -483,8 +480,8 @@ impl Model for Decoder {
                     }
                 }
             }
-            let rope = match (&self.swa, &self.rope_swa) {
-                (Some(w), Some(r)) if w.layers[il] => r,
+            let rope = match &self.swa {
+                Some((w, r)) if w.layers[il] => r,
                 _ => &self.rope,
             };
             for t in 0..n {
@@ -514,7 +511,7 @@ impl Model for Decoder {
                 let start = |t: usize| {
                     self.swa
                         .as_ref()
-                        .map_or(0, |w| w.start(il, batch.pos[t] as usize))
+                        .map_or(0, |(w, _)| w.start(il, batch.pos[t] as usize))
                 };
                 // The f32 path reads whole 64-position tiles from position 0: windowed layers
                 // take it only while no query's window has moved past the first key.
