@@ -192,25 +192,13 @@ fn qwen05_greedy_matches_llama_cpp() {
     check_greedy(&load(&dino_testutil::model("qwen05"), false), &refs, &FAST);
 }
 
-/// Gemma 3 (which loads without repacking): first-step logits equal to llama.cpp's to printing precision, and
-/// tokens equal up to llama.cpp's first near-tie. Not yet `EXACT`: 4 of the 5 prompts match all
-/// 32 tokens bit for bit, but on "It was the best of times…" llama.cpp's one-token decode at
-/// position 26 differs from Dino's (and from its own batched evaluation of the same tokens,
-/// which Dino matches exactly), so the continuation parts at a 0.59 margin.
-const GEMMA_NO_REPACK: Policy = Policy {
-    near_tie: 1.0,
-    max_logit_diff: 1e-3,
-};
-
+/// Gemma 3 (which loads without repacking): all 5 continuations equal llama.cpp's token for
+/// token, first-step logits to printing precision.
 #[test]
 fn gemma3_greedy_matches_llama_cpp() {
     let refs = reference("gemma-3-270m-Q4_K_M.greedy.json");
     // Gemma loads without repacking either way (see `arch/gemma3.rs`).
-    check_greedy(
-        &load(&dino_testutil::model("gemma3"), false),
-        &refs,
-        &GEMMA_NO_REPACK,
-    );
+    check_greedy(&load(&dino_testutil::model("gemma3"), false), &refs, &EXACT);
 }
 
 /// The first chunks of hamlet.txt at ctx 512 score within 0.5 % of llama-perplexity's figure,
