@@ -34,10 +34,16 @@ impl HParams {
         let n_head_kv = md
             .opt_u32(&key("attention.head_count_kv"))?
             .map_or(n_head, |v| v as usize);
-        let n_ff = get("feed_forward_length")?;
+        // Mixture-of-experts files may give only the experts' width.
+        let moe = md.opt_u32(&key("expert_count"))?.unwrap_or(0) > 0;
+        let n_ff = match md.opt_u32(&key("feed_forward_length"))? {
+            Some(v) => v as usize,
+            None if moe => 0,
+            None => get("feed_forward_length")?,
+        };
         let n_ctx_train = get("context_length")?;
         let bad = |k: &str, msg: String| Error::format(format!("metadata key '{}'", key(k)), msg);
-        if n_head == 0 || n_embd == 0 || n_layer == 0 || n_ff == 0 || n_ctx_train == 0 {
+        if n_head == 0 || n_embd == 0 || n_layer == 0 || (n_ff == 0 && !moe) || n_ctx_train == 0 {
             return Err(Error::format(
                 format!("{arch} hyper-parameters"),
                 "embedding_length, block_count, head_count, feed_forward_length and context_length must be non-zero",

@@ -29,7 +29,10 @@ type Loader = fn(Arc<GgufFile>, &LoadOptions) -> Result<Box<dyn Model>>;
 const REGISTRY: &[(&str, Loader)] = &[
     ("gemma3", arch::gemma3::load),
     ("llama", arch::llama::load),
+    ("phi3", arch::phi3::load),
     ("qwen2", arch::qwen2::load),
+    ("qwen3", arch::qwen3::load),
+    ("qwen3moe", arch::qwen3::load_moe),
 ];
 
 /// Names of the architectures Dino can run.

@@ -40,6 +40,36 @@ pub struct DecoderOptions {
     pub swa: Option<SlidingWindow>,
     /// `logits = c · tanh(logits / c)` (gemma3 when the file sets it).
     pub final_softcap: Option<f32>,
+    /// Q, K and V are one `attn_qkv` tensor (phi3).
+    pub fused_qkv: bool,
+    /// Gate and up are one `ffn_up` tensor of `2 * n_ff` rows, gate first (phi3).
+    pub fused_gate_up: bool,
+    /// Mixture-of-experts feed-forward on every layer (mixtral, qwen3moe).
+    pub experts: Option<Experts>,
+    /// Phi-3 "long rope": per-pair frequency divisors for short and long contexts
+    /// (`rope_factors_short`/`_long`), chosen by the context size against the trained one.
+    pub long_rope: Option<LongRope>,
+    /// Multiplies RoPE's cos and sin (`rope.scaling.attn_factor`; 1 if absent).
+    pub attn_factor: f32,
+}
+
+/// The shape of a mixture-of-experts feed-forward: `n_used` of `n_expert` SwiGLU experts of
+/// width `n_ff` per token, chosen by a softmax router and weighted by their renormalised
+/// probabilities (as llama.cpp's `build_moe_ffn` with `norm_w`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Experts {
+    pub n_expert: usize,
+    pub n_used: usize,
+    pub n_ff: usize,
+}
+
+/// RoPE frequency factors chosen by context size: `long` when the cache holds more than
+/// `n_ctx_orig` positions (rounded up to 256, as llama.cpp pads its context), else `short`.
+#[derive(Clone, Debug)]
+pub struct LongRope {
+    pub n_ctx_orig: usize,
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
 }
 
 impl DecoderOptions {
@@ -56,6 +86,11 @@ impl DecoderOptions {
             q_scale: None,
             swa: None,
             final_softcap: None,
+            fused_qkv: false,
+            fused_gate_up: false,
+            experts: None,
+            long_rope: None,
+            attn_factor: 1.0,
         }
     }
 }
@@ -69,6 +104,8 @@ pub struct SlidingWindow {
     /// `[n_layer]`: whether each layer is windowed.
     pub layers: Vec<bool>,
     pub rope_freq_base: f32,
+    /// 1 / linear scaling factor of the windowed layers' RoPE (1: unscaled).
+    pub rope_freq_scale: f32,
 }
 
 impl SlidingWindow {
@@ -98,9 +135,52 @@ struct Layer {
     post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     post_ffn_norm: Option<Vec<f32>>,
-    w_gate: Weight,
-    w_up: Weight,
-    w_down: Weight,
+    ffn: Ffn,
+}
+
+enum Ffn {
+    Dense {
+        gate: Weight,
+        up: Weight,
+        down: Weight,
+    },
+    Moe(Moe),
+}
+
+impl Ffn {
+    /// Every matrix the layer's feed-forward may read.
+    fn weights(&self) -> Vec<&Weight> {
+        match self {
+            Ffn::Dense { gate, up, down } => vec![gate, up, down],
+            Ffn::Moe(m) => m.experts().collect(),
+        }
+    }
+    fn weights_mut(&mut self) -> Vec<&mut Weight> {
+        match self {
+            Ffn::Dense { gate, up, down } => vec![gate, up, down],
+            Ffn::Moe(m) => m
+                .gate
+                .iter_mut()
+                .chain(m.up.iter_mut())
+                .chain(m.down.iter_mut())
+                .collect(),
+        }
+    }
+}
+
+/// One layer's experts: `[n_expert]` gate, up and down matrices and the F32 router.
+struct Moe {
+    router: Weight,
+    gate: Vec<Weight>,
+    up: Vec<Weight>,
+    down: Vec<Weight>,
+    shape: Experts,
+}
+
+impl Moe {
+    fn experts(&self) -> impl Iterator<Item = &Weight> {
+        self.gate.iter().chain(&self.up).chain(&self.down)
+    }
 }
 
 /// Buffers for one forward pass, grown to the largest batch seen and then reused.
@@ -120,6 +200,21 @@ struct Workspace {
     vf: Vec<f32>, // [n_pos, n_head_kv * head_dim]: same for V
     rope: Vec<f32>, // [rope_dims]
     mm: MatmulScratch,
+    moe: MoeScratch,
+}
+
+/// Mixture-of-experts buffers, sized on use.
+#[derive(Default)]
+struct MoeScratch {
+    h: Vec<f32>,      // [n, n_embd]: the normed input
+    logits: Vec<f32>, // [n, n_expert]
+    /// `[n, n_used]`: each token's chosen experts, in descending probability, and weights.
+    sel: Vec<(usize, f32)>,
+    rows: Vec<usize>, // the (token, slot) pairs routed to one expert
+    hx: Vec<f32>,     // [m, n_embd]: their inputs
+    g: Vec<f32>,      // [m, n_ff]
+    y: Vec<f32>,      // [m, n_embd]
+    ys: Vec<f32>,     // [n, n_used, n_embd]: every slot's output
 }
 
 impl Workspace {
@@ -152,6 +247,8 @@ pub struct Decoder {
     q_scale: Option<f32>,
     /// The windowed layers and their RoPE.
     swa: Option<(SlidingWindow, RopeParams)>,
+    /// RoPE for caches longer than the trained context (phi3 long rope).
+    rope_long: Option<(usize, RopeParams)>,
     final_softcap: Option<f32>,
     tok_embd: Weight,
     layers: Vec<Layer>,
@@ -208,9 +305,55 @@ impl Decoder {
                 Ok(None)
             }
         };
+        if let Some(x) = &opt.experts {
+            if x.n_expert == 0 || x.n_used == 0 || x.n_used > x.n_expert || x.n_ff == 0 {
+                return Err(Error::format(
+                    format!("{}.expert_count", opt.arch),
+                    format!(
+                        "{} experts, {} used, width {}: need 0 < used <= count and a width",
+                        x.n_expert, x.n_used, x.n_ff
+                    ),
+                ));
+            }
+        }
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
             let n = |s: &str| format!("blk.{il}.{s}");
+            let (wq, wk, wv) = if opt.fused_qkv {
+                let mut v = t.split_rows(&n("attn_qkv.weight"), e, &[q, kv, kv])?;
+                let wv = v.pop().expect("3 parts");
+                let wk = v.pop().expect("3 parts");
+                (v.pop().expect("3 parts"), wk, wv)
+            } else {
+                (
+                    t.matrix(&n("attn_q.weight"), e, q)?,
+                    t.matrix(&n("attn_k.weight"), e, kv)?,
+                    t.matrix(&n("attn_v.weight"), e, kv)?,
+                )
+            };
+            let ffn = if let Some(x) = opt.experts {
+                Ffn::Moe(Moe {
+                    router: t.matrix(&n("ffn_gate_inp.weight"), e, x.n_expert)?,
+                    gate: t.experts(&n("ffn_gate_exps.weight"), e, x.n_ff, x.n_expert)?,
+                    up: t.experts(&n("ffn_up_exps.weight"), e, x.n_ff, x.n_expert)?,
+                    down: t.experts(&n("ffn_down_exps.weight"), x.n_ff, e, x.n_expert)?,
+                    shape: x,
+                })
+            } else if opt.fused_gate_up {
+                let mut v = t.split_rows(&n("ffn_up.weight"), e, &[ff, ff])?;
+                let up = v.pop().expect("2 parts");
+                Ffn::Dense {
+                    gate: v.pop().expect("2 parts"),
+                    up,
+                    down: t.matrix(&n("ffn_down.weight"), ff, e)?,
+                }
+            } else {
+                Ffn::Dense {
+                    gate: t.matrix(&n("ffn_gate.weight"), e, ff)?,
+                    up: t.matrix(&n("ffn_up.weight"), e, ff)?,
+                    down: t.matrix(&n("ffn_down.weight"), ff, e)?,
+                }
+            };
             let bias = |s: &str, len: usize| -> Result<Option<Vec<f32>>> {
                 if opt.qkv_bias_required {
                     t.vector(&n(s), len).map(Some)
@@ -220,9 +363,9 @@ impl Decoder {
             };
             layers.push(Layer {
                 attn_norm: t.vector(&n("attn_norm.weight"), e)?,
-                wq: t.matrix(&n("attn_q.weight"), e, q)?,
-                wk: t.matrix(&n("attn_k.weight"), e, kv)?,
-                wv: t.matrix(&n("attn_v.weight"), e, kv)?,
+                wq,
+                wk,
+                wv,
                 bq: bias("attn_q.bias", q)?,
                 bk: bias("attn_k.bias", kv)?,
                 bv: bias("attn_v.bias", kv)?,
@@ -232,23 +375,16 @@ impl Decoder {
                 post_attn_norm: norm_if(opt.post_norms, &n("post_attention_norm.weight"), e)?,
                 ffn_norm: t.vector(&n("ffn_norm.weight"), e)?,
                 post_ffn_norm: norm_if(opt.post_norms, &n("post_ffw_norm.weight"), e)?,
-                w_gate: t.matrix(&n("ffn_gate.weight"), e, ff)?,
-                w_up: t.matrix(&n("ffn_up.weight"), e, ff)?,
-                w_down: t.matrix(&n("ffn_down.weight"), ff, e)?,
+                ffn,
             });
         }
         let mut output = output;
         if !lo.no_repack {
             for l in &mut layers {
-                for w in [
-                    &mut l.wq,
-                    &mut l.wk,
-                    &mut l.wv,
-                    &mut l.wo,
-                    &mut l.w_gate,
-                    &mut l.w_up,
-                    &mut l.w_down,
-                ] {
+                for w in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo] {
+                    w.repack(&lo.pool)?;
+                }
+                for w in l.ffn.weights_mut() {
                     w.repack(&lo.pool)?;
                 }
             }
@@ -262,22 +398,62 @@ impl Decoder {
             freq_base: hp.rope_freq_base,
             freq_scale: hp.rope_freq_scale,
             freq_factors,
-            attn_factor: 1.0,
+            attn_factor: opt.attn_factor,
+        };
+        let rope = match &opt.long_rope {
+            Some(lr) if rope.freq_factors.is_none() => {
+                for f in [&lr.short, &lr.long] {
+                    if f.len() != hp.rope_dims / 2 {
+                        return Err(Error::format(
+                            "rope_factors_short/long.weight",
+                            format!("{} factors for {} rotated dims", f.len(), hp.rope_dims),
+                        ));
+                    }
+                }
+                RopeParams {
+                    freq_factors: Some(lr.short.clone()),
+                    ..rope
+                }
+            }
+            _ => rope,
+        };
+        let rope_long = match &opt.long_rope {
+            Some(lr) if rope.freq_factors.as_ref() == Some(&lr.short) => Some((
+                lr.n_ctx_orig,
+                RopeParams {
+                    freq_factors: Some(lr.long.clone()),
+                    ..rope.clone()
+                },
+            )),
+            _ => None,
         };
         let swa = opt.swa.as_ref().map(|w| {
             let rope = RopeParams {
                 freq_base: w.rope_freq_base,
-                freq_scale: 1.0,
+                freq_scale: w.rope_freq_scale,
                 ..rope.clone()
             };
             (w.clone(), rope)
         });
-        let weight_bytes = layers
-            .iter()
-            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
-            .chain([&output])
-            .map(|w| w.bytes().len() as u64)
-            .sum();
+        // Bytes read per token: every dense matrix, and the used share of the experts.
+        let mut weight_bytes = output.bytes().len() as u64;
+        for l in &layers {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo] {
+                weight_bytes += w.bytes().len() as u64;
+            }
+            match &l.ffn {
+                Ffn::Dense { .. } => {
+                    for w in l.ffn.weights() {
+                        weight_bytes += w.bytes().len() as u64;
+                    }
+                }
+                Ffn::Moe(m) => {
+                    let all: u64 = m.experts().map(|w| w.bytes().len() as u64).sum();
+                    weight_bytes += m.router.bytes().len() as u64
+                        + all * m.shape.n_used as u64 / m.shape.n_expert as u64;
+                }
+            }
+        }
         let info = ModelInfo {
             arch: opt.arch.to_string(),
             name: file
@@ -295,6 +471,7 @@ impl Decoder {
             ffn: opt.ffn,
             q_scale: opt.q_scale,
             swa,
+            rope_long,
             final_softcap: opt.final_softcap,
             tok_embd,
             layers,
@@ -372,6 +549,124 @@ fn residual(
     }
 }
 
+/// `x += moe(rmsnorm(x) * norm)` for `n` tokens, as llama.cpp's `build_moe_ffn` with softmax
+/// gating and `norm_w`: router probabilities by softmax, the `n_used` most probable experts,
+/// their probabilities renormalised to sum 1, their SwiGLU outputs weighted and summed in
+/// order of decreasing probability. Each expert runs once over the tokens routed to it, so
+/// only the chosen experts' weights are read.
+#[allow(clippy::too_many_arguments)]
+fn moe_ffn(
+    pool: &ThreadPool,
+    m: &Moe,
+    norm: &[f32],
+    eps: f32,
+    x: &mut [f32],
+    n: usize,
+    s: &mut MoeScratch,
+    mm: &mut MatmulScratch,
+) {
+    let Experts {
+        n_expert,
+        n_used: k,
+        n_ff,
+    } = m.shape;
+    let e = norm.len();
+    let grow = |v: &mut Vec<f32>, len: usize| {
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+    };
+    grow(&mut s.h, n * e);
+    grow(&mut s.logits, n * n_expert);
+    grow(&mut s.ys, n * k * e);
+    let h = &mut s.h[..n * e];
+    for (xr, hr) in x.chunks_exact(e).zip(h.chunks_exact_mut(e)) {
+        ops::rmsnorm(xr, norm, eps, hr);
+    }
+    let logits = &mut s.logits[..n * n_expert];
+    matmul::matmul(pool, &m.router.matrix(), h, n, logits, mm);
+    s.sel.clear();
+    for row in logits.chunks_exact_mut(n_expert) {
+        route(row, k, &mut s.sel);
+    }
+    for ex in 0..n_expert {
+        s.rows.clear();
+        s.rows.extend((0..n * k).filter(|&i| s.sel[i].0 == ex));
+        let rows = s.rows.len();
+        if rows == 0 {
+            continue;
+        }
+        grow(&mut s.hx, rows * e);
+        grow(&mut s.g, rows * n_ff);
+        grow(&mut s.y, rows * e);
+        let hx = &mut s.hx[..rows * e];
+        for (dst, &i) in hx.chunks_exact_mut(e).zip(&s.rows) {
+            let t = i / k;
+            dst.copy_from_slice(&h[t * e..(t + 1) * e]);
+        }
+        let (wg, wu, wd) = (m.gate[ex].matrix(), m.up[ex].matrix(), m.down[ex].matrix());
+        let g = &mut s.g[..rows * n_ff];
+        matmul::matmul_fused(
+            pool,
+            &mut [(&wg, &mut *g), (&wu, &mut [])],
+            hx,
+            rows,
+            None,
+            Epilogue::SwiGlu,
+            mm,
+        );
+        let y = &mut s.y[..rows * e];
+        matmul::matmul(pool, &wd, g, rows, y, mm);
+        for (yr, &i) in y.chunks_exact(e).zip(&s.rows) {
+            s.ys[i * e..(i + 1) * e].copy_from_slice(yr);
+        }
+    }
+    // out = ((y0 * w0 + y1 * w1) + y2 * w2) + ...; x = out + x.
+    for t in 0..n {
+        let xr = &mut x[t * e..(t + 1) * e];
+        for (c, xv) in xr.iter_mut().enumerate() {
+            let mut acc = s.ys[(t * k) * e + c] * s.sel[t * k].1;
+            for j in 1..k {
+                acc += s.ys[(t * k + j) * e + c] * s.sel[t * k + j].1;
+            }
+            *xv += acc;
+        }
+    }
+}
+
+/// Softmax of one token's router logits (in place; ggml's: max subtracted, sum in double),
+/// then the `k` most probable experts with their probabilities divided by their sum
+/// (clamped below at 2^-14 as llama.cpp does), appended to `sel` in descending order.
+fn route(logits: &mut [f32], k: usize, sel: &mut Vec<(usize, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in logits.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    logits.iter_mut().for_each(|v| *v *= inv);
+    let start = sel.len();
+    for _ in 0..k {
+        // The most probable expert not yet chosen (the lowest index on a tie).
+        let mut best: Option<usize> = None;
+        for (i, &p) in logits.iter().enumerate() {
+            if sel[start..].iter().any(|&(j, _)| j == i) {
+                continue;
+            }
+            if best.is_none_or(|b| p > logits[b]) {
+                best = Some(i);
+            }
+        }
+        let b = best.expect("k <= n_expert");
+        sel.push((b, logits[b]));
+    }
+    let total: f32 = sel[start..].iter().map(|&(_, p)| p).sum();
+    // llama.cpp's clamp, 6.103515625e-5.
+    let total = total.max(1.0 / 16384.0);
+    sel[start..].iter_mut().for_each(|(_, p)| *p /= total);
+}
+
 fn add_bias(rows: &mut [f32], bias: &Option<Vec<f32>>) {
     if let Some(b) = bias {
         for r in rows.chunks_exact_mut(b.len()) {
@@ -404,7 +699,10 @@ impl Model for Decoder {
         // make every page resident (94 MB of Qwen-0.5B's) for rows most prompts never use.
         touch(&self.output);
         for l in &self.layers {
-            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo] {
+                touch(w);
+            }
+            for w in l.ffn.weights() {
                 touch(w);
             }
         }
@@ -480,8 +778,9 @@ impl Model for Decoder {
                     }
                 }
             }
-            let rope = match &self.swa {
-                Some((w, r)) if w.layers[il] => r,
+            let rope = match (&self.swa, &self.rope_long) {
+                (Some((w, r)), _) if w.layers[il] => r,
+                (_, Some((n_orig, r))) if kv.n_ctx().div_ceil(256) * 256 > *n_orig => r,
                 _ => &self.rope,
             };
             for t in 0..n {
@@ -612,8 +911,24 @@ impl Model for Decoder {
                 &mut ws.mm,
             );
 
+            let (gate_w, up_w, down_w) = match &l.ffn {
+                Ffn::Dense { gate, up, down } => (gate, up, down),
+                Ffn::Moe(m) => {
+                    moe_ffn(
+                        pool,
+                        m,
+                        &l.ffn_norm,
+                        hp.rms_eps,
+                        x,
+                        n,
+                        &mut ws.moe,
+                        &mut ws.mm,
+                    );
+                    continue;
+                }
+            };
             // Feed-forward: RMSNorm, gate and up in one pass ending in silu(gate) * up.
-            let (wg, wu) = (l.w_gate.matrix(), l.w_up.matrix());
+            let (wg, wu) = (gate_w.matrix(), up_w.matrix());
             matmul::matmul_fused(
                 pool,
                 &mut [(&wg, &mut *gate), (&wu, &mut [])],
@@ -626,7 +941,7 @@ impl Model for Decoder {
                 self.ffn,
                 &mut ws.mm,
             );
-            let wd = l.w_down.matrix();
+            let wd = down_w.matrix();
             residual(
                 pool,
                 &wd,
@@ -670,5 +985,39 @@ impl Model for Decoder {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    /// Softmax, the k most probable in descending order, renormalised to sum 1.
+    #[test]
+    fn routing_picks_the_most_probable_experts_and_renormalises() {
+        let logits = [0.5f32, 2.0, -1.0, 1.5, 2.0 - 1e-3];
+        let mut row = logits;
+        let mut sel = vec![(9, 9.0)]; // earlier tokens' choices are kept
+        route(&mut row, 3, &mut sel);
+        assert_eq!(sel[0], (9, 9.0));
+        let ids: Vec<usize> = sel[1..].iter().map(|s| s.0).collect();
+        assert_eq!(ids, [1, 4, 3]);
+        let e: Vec<f64> = [2.0f64, 2.0 - 1e-3, 1.5].iter().map(|v| v.exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for (s, want) in sel[1..].iter().zip(&e) {
+            assert!((s.1 as f64 - want / sum).abs() < 1e-6, "{s:?}");
+        }
+        // All experts: weights are the softmax itself.
+        let mut row = logits;
+        let mut all = Vec::new();
+        route(&mut row, 5, &mut all);
+        let total: f32 = all.iter().map(|s| s.1).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        // Extreme logits neither overflow nor produce NaN.
+        let mut row = [1e30f32, -1e30, 0.0, f32::MIN];
+        let mut sel = Vec::new();
+        route(&mut row, 2, &mut sel);
+        assert_eq!(sel[0], (0, 1.0));
+        assert!(sel.iter().all(|s| s.1.is_finite()));
     }
 }

@@ -7,10 +7,13 @@ use dino_kernels::pool::ThreadPool;
 use dino_kernels::quant;
 use std::sync::Arc;
 
-/// A 2-D weight matrix living in the file: `n_out` rows of `n_in` elements.
+/// A 2-D weight matrix living in the file: `n_out` rows of `n_in` elements. It is a whole
+/// tensor, or a run of its rows (one part of a fused tensor, one expert of a 3-D one).
 pub struct Weight {
     file: Arc<GgufFile>,
     info: TensorInfo,
+    /// The bytes of the tensor's data this matrix is.
+    range: std::ops::Range<usize>,
     pub n_in: usize,
     pub n_out: usize,
     /// The kernel level's repacked copy, when one was made at load.
@@ -28,7 +31,7 @@ impl Weight {
     pub fn bytes(&self) -> &[u8] {
         self.packed
             .as_deref()
-            .unwrap_or_else(|| self.file.tensor_data(&self.info))
+            .unwrap_or_else(|| &self.file.tensor_data(&self.info)[self.range.clone()])
     }
     pub fn matrix(&self) -> QMatrix<'_> {
         QMatrix {
@@ -47,7 +50,7 @@ impl Weight {
         if self.packed.is_some() {
             return Ok(true);
         }
-        let (file, offset) = (&self.file, self.info.offset);
+        let (file, offset) = (&self.file, self.info.offset + self.range.start as u64);
         let mut released = Ok(());
         let copy = matmul::repack_releasing(pool, &self.matrix(), &mut |r| {
             if released.is_ok() {
@@ -60,7 +63,7 @@ impl Weight {
         released?;
         self.packed = Some(copy);
         // The steps' boundary pages (each step releases only the pages inside it).
-        self.file.release_range(self.info.offset, self.info.size)?;
+        self.file.release_range(offset, self.range.len() as u64)?;
         Ok(true)
     }
 }
@@ -77,6 +80,11 @@ impl TensorLoader {
 
     pub fn has(&self, name: &str) -> bool {
         self.file.tensor_info(name).is_some()
+    }
+
+    /// Dimensions of a tensor, if present.
+    pub fn dims(&self, name: &str) -> Option<&[u64]> {
+        self.file.tensor_info(name).map(|i| i.dims.as_slice())
     }
 
     fn info(&self, name: &str, dims: &[usize]) -> Result<TensorInfo> {
@@ -109,14 +117,65 @@ impl TensorLoader {
     /// A matrix of `n_out` rows of `n_in` (GGUF dims `[n_in, n_out]`).
     pub fn matrix(&self, name: &str, n_in: usize, n_out: usize) -> Result<Weight> {
         let info = self.info(name, &[n_in, n_out])?;
-        QMatrix::new(name, self.file.tensor_data(&info), info.ty, n_in, n_out)?;
-        Ok(Weight {
-            file: self.file.clone(),
-            info,
-            n_in,
-            n_out,
-            packed: None,
-        })
+        Ok(self.views(name, info, n_in, &[n_out])?.remove(0))
+    }
+
+    /// A fused matrix of `parts.iter().sum()` rows of `n_in`, as one matrix per run of rows
+    /// (phi3's `attn_qkv`: Q, K and V rows).
+    pub fn split_rows(&self, name: &str, n_in: usize, parts: &[usize]) -> Result<Vec<Weight>> {
+        let info = self.info(name, &[n_in, parts.iter().sum()])?;
+        self.views(name, info, n_in, parts)
+    }
+
+    /// A 3-D expert tensor (GGUF dims `[n_in, n_out, n_expert]`) as one matrix per expert.
+    pub fn experts(
+        &self,
+        name: &str,
+        n_in: usize,
+        n_out: usize,
+        n_expert: usize,
+    ) -> Result<Vec<Weight>> {
+        let info = self.info(name, &[n_in, n_out, n_expert])?;
+        self.views(name, info, n_in, &vec![n_out; n_expert])
+    }
+
+    /// Consecutive runs of `parts[i]` rows of `info`, checked as whole matrices.
+    fn views(
+        &self,
+        name: &str,
+        info: TensorInfo,
+        n_in: usize,
+        parts: &[usize],
+    ) -> Result<Vec<Weight>> {
+        let data = self.file.tensor_data(&info);
+        let row = info.ty.row_size(n_in as u64).ok_or_else(|| {
+            Error::format(
+                format!("tensor '{name}'"),
+                format!(
+                    "row length {n_in} is not a multiple of the {} block size",
+                    info.ty
+                ),
+            )
+        })? as usize;
+        let mut start = 0usize;
+        let mut out = Vec::with_capacity(parts.len());
+        for &n_out in parts {
+            let range = start..start + n_out * row;
+            let bytes = data.get(range.clone()).ok_or_else(|| {
+                Error::format(format!("tensor '{name}'"), "data shorter than its shape")
+            })?;
+            QMatrix::new(name, bytes, info.ty, n_in, n_out)?;
+            out.push(Weight {
+                file: self.file.clone(),
+                info: info.clone(),
+                range: range.clone(),
+                n_in,
+                n_out,
+                packed: None,
+            });
+            start = range.end;
+        }
+        Ok(out)
     }
 
     /// A vector (norm weight, bias) dequantized to f32.
