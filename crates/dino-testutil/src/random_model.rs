@@ -1,5 +1,7 @@
-//! Random-weight GGUF models of any real shape (Llama/Qwen2 layouts), for speed work and for
-//! tests that need a model file of a given architecture. Weights are streamed row by row into
+//! Random-weight GGUF models of any real shape, for speed work and for tests that need a model
+//! file of a given architecture: the llama/qwen2 layouts, and the variations of the families
+//! that only exist here as random models (qwen3's Q/K norms and head_dim, phi3's fused QKV and
+//! gate/up, Mixtral/qwen3moe experts, a sliding window). Weights are streamed row by row into
 //! the writer, so a multi-gigabyte model never sits in memory.
 
 use dino_core::{Error, GgmlType, Result};
@@ -10,7 +12,8 @@ use std::path::Path;
 /// Shape of a decoder-only model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Shape {
-    /// `llama` or `qwen2`.
+    /// `general.architecture`: `llama`, `qwen2`, `qwen3`, `qwen3moe`, `phi3`, or `granite_swa`
+    /// (llama.cpp's twin of `llama` with a sliding window: see [`Shape::n_swa`]).
     pub arch: &'static str,
     pub name: String,
     pub n_vocab: usize,
@@ -24,6 +27,31 @@ pub struct Shape {
     pub tied: bool,
     /// Q/K/V biases (qwen2).
     pub qkv_bias: bool,
+    /// Per-head dimension, written as `attention.key_length`/`value_length`; `None`: no keys,
+    /// `n_embd / n_head`.
+    pub head_dim: Option<usize>,
+    /// Rotary dimensions, written as `rope.dimension_count`; `None`: no key (all of head_dim).
+    pub n_rot: Option<usize>,
+    /// Per-head RMSNorm weights `attn_q_norm`/`attn_k_norm` `[head_dim]` (qwen3, qwen3moe).
+    pub qk_norm: bool,
+    /// One fused `attn_qkv` `[n_embd, n_q + 2*n_kv]` instead of `attn_q/k/v` (phi3).
+    pub fused_qkv: bool,
+    /// Gate and up fused in `ffn_up` `[n_embd, 2*n_ff]`, gate first, and no `ffn_gate` (phi3).
+    pub fused_gate_up: bool,
+    /// Mixture of experts when > 0: `expert_count`, `ffn_gate_inp` `[n_embd, n_expert]` (F32
+    /// whatever the matrix type, as the converter writes it) and
+    /// `ffn_{gate,up}_exps` `[n_embd, n_ff_exp, n_expert]`, `ffn_down_exps` `[n_ff_exp, n_embd, n_expert]`.
+    pub n_expert: usize,
+    /// `expert_used_count`.
+    pub n_expert_used: usize,
+    /// Expert width, written as `expert_feed_forward_length` (qwen3moe); `None`: experts are
+    /// `n_ff` wide and no key is written (Mixtral).
+    pub n_ff_exp: Option<usize>,
+    /// Sliding window, written as `attention.sliding_window` when > 0. For `granite_swa` every
+    /// layer is marked SWA (`attention.sliding_window_pattern`), `logit_scale` is 1 and each
+    /// layer gets `attn_sinks` `[n_head]` of -1e30, which add nothing to the softmax: llama.cpp
+    /// then runs exactly the `llama` graph with a standard window on every layer.
+    pub n_swa: usize,
 }
 
 impl Shape {
@@ -41,6 +69,7 @@ impl Shape {
             n_ctx: 2048,
             tied: false,
             qkv_bias: false,
+            ..Shape::plain()
         }
     }
 
@@ -58,8 +87,135 @@ impl Shape {
             n_ctx: 256,
             tied: arch == "qwen2",
             qkv_bias: arch == "qwen2",
+            ..Shape::plain()
         }
     }
+
+    /// Nothing beyond the llama layout: the defaults of the optional features.
+    fn plain() -> Shape {
+        Shape {
+            arch: "llama",
+            name: String::new(),
+            n_vocab: 0,
+            n_embd: 0,
+            n_layer: 0,
+            n_head: 0,
+            n_head_kv: 0,
+            n_ff: 0,
+            n_ctx: 0,
+            tied: false,
+            qkv_bias: false,
+            head_dim: None,
+            n_rot: None,
+            qk_norm: false,
+            fused_qkv: false,
+            fused_gate_up: false,
+            n_expert: 0,
+            n_expert_used: 0,
+            n_ff_exp: None,
+            n_swa: 0,
+        }
+    }
+
+    /// The reference-test model `name` (see [`arch_test_models`]): `Shape::tiny("llama")` with
+    /// that family's architecture and features, or `None` for an unknown name.
+    pub fn arch_test(name: &str) -> Option<Shape> {
+        let tiny = Shape::tiny("llama");
+        let s = match name {
+            // The control: a plain llama, which Dino has always run.
+            "llama" => tiny,
+            // head_dim 48 != n_embd/n_head = 32; Q/K norms; tied, as the small Qwen3s are.
+            "qwen3" => Shape {
+                arch: "qwen3",
+                head_dim: Some(48),
+                qk_norm: true,
+                tied: true,
+                ..tiny
+            },
+            // Fused QKV and gate/up; partial rotary: 32 of head_dim 48.
+            "phi3" => Shape {
+                arch: "phi3",
+                n_embd: 192,
+                n_ff: 320,
+                fused_qkv: true,
+                fused_gate_up: true,
+                n_rot: Some(32),
+                ..tiny
+            },
+            // `llama` with experts: 8 experts of width n_ff, 2 used.
+            "mixtral" => Shape {
+                n_ff: 128,
+                n_expert: 8,
+                n_expert_used: 2,
+                ..tiny
+            },
+            // qwen3 attention (head_dim 48) and 8 experts of width 96, 4 used; the dense
+            // feed_forward_length is written but unused.
+            "qwen3moe" => Shape {
+                arch: "qwen3moe",
+                head_dim: Some(48),
+                qk_norm: true,
+                n_ff: 384,
+                n_expert: 8,
+                n_expert_used: 4,
+                n_ff_exp: Some(96),
+                ..tiny
+            },
+            // Mistral: `llama` plus `llama.attention.sliding_window` (Dino only).
+            "mistral-swa" => Shape { n_swa: 16, ..tiny },
+            // The same weights as llama.cpp's `granite_swa`, which honours the window.
+            "mistral-swa.twin" => Shape {
+                arch: "granite_swa",
+                n_swa: 16,
+                ..tiny
+            },
+            // The twin with a window as long as the prompt: must equal `llama` without one.
+            "mistral-swa.twin-w64" => Shape {
+                arch: "granite_swa",
+                n_swa: 64,
+                ..tiny
+            },
+            _ => return None,
+        };
+        Some(Shape {
+            // llama.cpp keys vocab quirks off `general.name`: a name containing "phi3" or
+            // "phi-3" needs an `<|endoftext|>` token, which the synthetic vocab lacks.
+            name: format!("random arch test {}", name.replace("phi3", "phi 3")),
+            ..s
+        })
+    }
+
+    /// Per-head dimension.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.n_embd / self.n_head)
+    }
+
+    /// Width of each expert's FFN.
+    pub fn n_ff_exp(&self) -> usize {
+        self.n_ff_exp.unwrap_or(self.n_ff)
+    }
+}
+
+/// The random models whose llama.cpp logits are committed under
+/// `data/reference/arch/<name>.json`, with their seeds. `mistral-swa.twin*` are the llama.cpp
+/// side of `mistral-swa` (same weights, see [`Shape::n_swa`]) and have no file of their own.
+/// The MoE seeds were chosen (`make_arch_reference.py --search-seed`, best of 300) so that the
+/// router logits of the k-th and (k+1)-th expert never come closer than 0.02 on the reference
+/// prompt: a near tie would let a 1e-5 difference in the router input change the experts used.
+pub fn arch_test_models() -> Vec<(&'static str, Shape, u64)> {
+    [
+        ("llama", 101),
+        ("qwen3", 102),
+        ("phi3", 103),
+        ("mixtral", 399),
+        ("qwen3moe", 217),
+        ("mistral-swa", 106),
+        ("mistral-swa.twin", 106),
+        ("mistral-swa.twin-w64", 106),
+    ]
+    .into_iter()
+    .map(|(name, seed)| (name, Shape::arch_test(name).expect("known name"), seed))
+    .collect()
 }
 
 /// Deterministic uniform generator (xorshift64*).
@@ -111,11 +267,27 @@ fn synthetic_vocab(n_vocab: usize) -> Result<(Vec<String>, Vec<f32>, Vec<i32>)> 
     Ok((tokens, scores, types))
 }
 
-/// Write a random-weight model of `shape` with matrices of type `ty` (norms stay F32) to `path`.
+/// What a tensor holds, which decides its type and values.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// A weight matrix (or stack of them): type `ty`, uniform of amplitude 1.7/sqrt(n_in).
+    Matrix,
+    /// A matrix kept F32 whatever `ty` is (the MoE router), same values as `Matrix`.
+    MatrixF32,
+    /// F32, `1 + 0.1 u` for a norm, `0.1 u` for a bias.
+    Vector,
+    /// F32, every element this value; draws nothing from the generator.
+    Const(f32),
+}
+
+/// Write a random-weight model of `shape` with matrices of type `ty` (norms, biases and the
+/// MoE router stay F32) to `path`. The same shape and seed give the same bytes; the optional
+/// features of [`Shape`] add keys and tensors without changing the others' values.
 pub fn write_random_model(path: &Path, shape: &Shape, ty: GgmlType, seed: u64) -> Result<()> {
     let s = shape;
-    let hd = s.n_embd / s.n_head;
+    let hd = s.head_dim();
     let (q, kv) = (s.n_head * hd, s.n_head_kv * hd);
+    let n_ff_exp = s.n_ff_exp();
     let mut w = GgufWriter::new();
     let a = |k: &str| format!("{}.{k}", s.arch);
     w.set("general.architecture", Value::String(s.arch.into()))?;
@@ -128,6 +300,31 @@ pub fn write_random_model(path: &Path, shape: &Shape, ty: GgmlType, seed: u64) -
     w.set(a("attention.head_count_kv"), Value::U32(s.n_head_kv as u32))?;
     w.set(a("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))?;
     w.set(a("rope.freq_base"), Value::F32(10000.0))?;
+    if let Some(hd) = s.head_dim {
+        w.set(a("attention.key_length"), Value::U32(hd as u32))?;
+        w.set(a("attention.value_length"), Value::U32(hd as u32))?;
+    }
+    if let Some(n_rot) = s.n_rot {
+        w.set(a("rope.dimension_count"), Value::U32(n_rot as u32))?;
+    }
+    if s.n_expert > 0 {
+        w.set(a("expert_count"), Value::U32(s.n_expert as u32))?;
+        w.set(a("expert_used_count"), Value::U32(s.n_expert_used as u32))?;
+    }
+    if let Some(n) = s.n_ff_exp {
+        w.set(a("expert_feed_forward_length"), Value::U32(n as u32))?;
+    }
+    if s.n_swa > 0 {
+        w.set(a("attention.sliding_window"), Value::U32(s.n_swa as u32))?;
+    }
+    let granite_swa = s.arch == "granite_swa";
+    if granite_swa {
+        w.set(a("logit_scale"), Value::F32(1.0))?;
+        w.set(
+            a("attention.sliding_window_pattern"),
+            Value::Array(Array::Bool(vec![s.n_swa > 0; s.n_layer])),
+        )?;
+    }
     let (tokens, scores, types) = synthetic_vocab(s.n_vocab)?;
     w.set("tokenizer.ggml.model", Value::String("llama".into()))?;
     w.set("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))?;
@@ -137,38 +334,87 @@ pub fn write_random_model(path: &Path, shape: &Shape, ty: GgmlType, seed: u64) -
     w.set("tokenizer.ggml.eos_token_id", Value::U32(2))?;
     w.set("tokenizer.ggml.unknown_token_id", Value::U32(0))?;
 
-    // (name, [n_in, n_out], is_matrix)
-    let mut specs: Vec<(String, Vec<usize>, bool)> =
-        vec![("token_embd.weight".into(), vec![s.n_embd, s.n_vocab], true)];
+    // (name, dims [n_in, n_out, ...], kind)
+    let mut specs: Vec<(String, Vec<usize>, Kind)> = vec![(
+        "token_embd.weight".into(),
+        vec![s.n_embd, s.n_vocab],
+        Kind::Matrix,
+    )];
     for il in 0..s.n_layer {
         let n = |x: &str| format!("blk.{il}.{x}");
-        specs.push((n("attn_norm.weight"), vec![s.n_embd], false));
-        specs.push((n("attn_q.weight"), vec![s.n_embd, q], true));
-        specs.push((n("attn_k.weight"), vec![s.n_embd, kv], true));
-        specs.push((n("attn_v.weight"), vec![s.n_embd, kv], true));
-        if s.qkv_bias {
-            specs.push((n("attn_q.bias"), vec![q], false));
-            specs.push((n("attn_k.bias"), vec![kv], false));
-            specs.push((n("attn_v.bias"), vec![kv], false));
+        specs.push((n("attn_norm.weight"), vec![s.n_embd], Kind::Vector));
+        if s.fused_qkv {
+            specs.push((
+                n("attn_qkv.weight"),
+                vec![s.n_embd, q + 2 * kv],
+                Kind::Matrix,
+            ));
+        } else {
+            specs.push((n("attn_q.weight"), vec![s.n_embd, q], Kind::Matrix));
+            specs.push((n("attn_k.weight"), vec![s.n_embd, kv], Kind::Matrix));
+            specs.push((n("attn_v.weight"), vec![s.n_embd, kv], Kind::Matrix));
         }
-        specs.push((n("attn_output.weight"), vec![q, s.n_embd], true));
-        specs.push((n("ffn_norm.weight"), vec![s.n_embd], false));
-        specs.push((n("ffn_gate.weight"), vec![s.n_embd, s.n_ff], true));
-        specs.push((n("ffn_up.weight"), vec![s.n_embd, s.n_ff], true));
-        specs.push((n("ffn_down.weight"), vec![s.n_ff, s.n_embd], true));
+        if s.qkv_bias {
+            specs.push((n("attn_q.bias"), vec![q], Kind::Vector));
+            specs.push((n("attn_k.bias"), vec![kv], Kind::Vector));
+            specs.push((n("attn_v.bias"), vec![kv], Kind::Vector));
+        }
+        if s.qk_norm {
+            specs.push((n("attn_q_norm.weight"), vec![hd], Kind::Vector));
+            specs.push((n("attn_k_norm.weight"), vec![hd], Kind::Vector));
+        }
+        if granite_swa {
+            specs.push((n("attn_sinks.weight"), vec![s.n_head], Kind::Const(-1e30)));
+        }
+        specs.push((n("attn_output.weight"), vec![q, s.n_embd], Kind::Matrix));
+        specs.push((n("ffn_norm.weight"), vec![s.n_embd], Kind::Vector));
+        if s.n_expert > 0 {
+            let e = s.n_expert;
+            specs.push((n("ffn_gate_inp.weight"), vec![s.n_embd, e], Kind::MatrixF32));
+            specs.push((
+                n("ffn_gate_exps.weight"),
+                vec![s.n_embd, n_ff_exp, e],
+                Kind::Matrix,
+            ));
+            specs.push((
+                n("ffn_up_exps.weight"),
+                vec![s.n_embd, n_ff_exp, e],
+                Kind::Matrix,
+            ));
+            specs.push((
+                n("ffn_down_exps.weight"),
+                vec![n_ff_exp, s.n_embd, e],
+                Kind::Matrix,
+            ));
+        } else if s.fused_gate_up {
+            specs.push((n("ffn_up.weight"), vec![s.n_embd, 2 * s.n_ff], Kind::Matrix));
+            specs.push((n("ffn_down.weight"), vec![s.n_ff, s.n_embd], Kind::Matrix));
+        } else {
+            specs.push((n("ffn_gate.weight"), vec![s.n_embd, s.n_ff], Kind::Matrix));
+            specs.push((n("ffn_up.weight"), vec![s.n_embd, s.n_ff], Kind::Matrix));
+            specs.push((n("ffn_down.weight"), vec![s.n_ff, s.n_embd], Kind::Matrix));
+        }
     }
-    specs.push(("output_norm.weight".into(), vec![s.n_embd], false));
+    specs.push(("output_norm.weight".into(), vec![s.n_embd], Kind::Vector));
     if !s.tied {
-        specs.push(("output.weight".into(), vec![s.n_embd, s.n_vocab], true));
+        specs.push((
+            "output.weight".into(),
+            vec![s.n_embd, s.n_vocab],
+            Kind::Matrix,
+        ));
     }
-    for (name, dims, is_matrix) in &specs {
-        let t = if *is_matrix { ty } else { GgmlType::F32 };
+    for (name, dims, kind) in &specs {
+        let t = if *kind == Kind::Matrix {
+            ty
+        } else {
+            GgmlType::F32
+        };
         let d: Vec<u64> = dims.iter().map(|&x| x as u64).collect();
         w.add_tensor(name.clone(), &d, t)?;
     }
     let mut g = Gen(seed | 1);
     w.write_to_path(path, |i, spec, out| {
-        let (name, dims, _) = &specs[i];
+        let (name, dims, kind) = &specs[i];
         let n_in = dims[0];
         let n_rows: usize = dims.iter().skip(1).product();
         let is_norm = name.contains("norm");
@@ -179,7 +425,9 @@ pub fn write_random_model(path: &Path, shape: &Shape, ty: GgmlType, seed: u64) -
         let mut bytes = vec![0u8; spec.ty.row_size(n_in as u64).unwrap_or(0) as usize];
         for _ in 0..n_rows {
             for x in row.iter_mut() {
-                *x = if is_norm {
+                *x = if let Kind::Const(c) = kind {
+                    *c
+                } else if is_norm {
                     1.0 + 0.1 * g.next()
                 } else if is_bias {
                     0.1 * g.next()
@@ -193,4 +441,92 @@ pub fn write_random_model(path: &Path, shape: &Shape, ty: GgmlType, seed: u64) -
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dino_formats::gguf::GgufFile;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("dino-testutil-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    /// Every reference model writes in F32 and in block-quantized types, with the tensors its
+    /// architecture needs, and the same seed gives the same bytes.
+    #[test]
+    fn arch_test_models_write_and_reopen() {
+        for (name, s, seed) in arch_test_models() {
+            for ty in [GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_0] {
+                let p = tmp(&format!("{name}-{ty}.gguf"));
+                write_random_model(&p, &s, ty, seed).unwrap();
+                let f = GgufFile::open(&p).unwrap();
+                let has = |t: &str| f.tensor_info(t).is_some();
+                assert_eq!(has("blk.1.attn_qkv.weight"), s.fused_qkv, "{name}");
+                assert_eq!(has("blk.1.attn_q.weight"), !s.fused_qkv, "{name}");
+                assert_eq!(has("blk.1.attn_q_norm.weight"), s.qk_norm, "{name}");
+                assert_eq!(
+                    has("blk.1.ffn_gate.weight"),
+                    s.n_expert == 0 && !s.fused_gate_up
+                );
+                assert_eq!(has("output.weight"), !s.tied, "{name}");
+                assert_eq!(has("blk.0.attn_sinks.weight"), s.arch == "granite_swa");
+                if s.n_expert > 0 {
+                    let router = f.tensor_info("blk.0.ffn_gate_inp.weight").unwrap();
+                    assert_eq!(router.ty, GgmlType::F32, "{name}: the router stays F32");
+                    let down = f.tensor_info("blk.0.ffn_down_exps.weight").unwrap();
+                    let dims = [s.n_ff_exp(), s.n_embd, s.n_expert].map(|x| x as u64);
+                    assert_eq!(down.dims, dims, "{name}");
+                }
+                let q = f
+                    .tensor_info(if s.fused_qkv {
+                        "blk.0.attn_qkv.weight"
+                    } else {
+                        "blk.0.attn_q.weight"
+                    })
+                    .unwrap();
+                let kv = if s.fused_qkv {
+                    2 * s.n_head_kv * s.head_dim()
+                } else {
+                    0
+                };
+                assert_eq!(q.dims[1] as usize, s.n_head * s.head_dim() + kv, "{name}");
+                let again = tmp(&format!("{name}-{ty}-again.gguf"));
+                write_random_model(&again, &s, ty, seed).unwrap();
+                assert!(
+                    std::fs::read(&p).unwrap() == std::fs::read(&again).unwrap(),
+                    "{name} {ty}: not deterministic"
+                );
+            }
+        }
+    }
+
+    /// The llama.cpp twin of `mistral-swa` holds the same weights, tensor for tensor.
+    #[test]
+    fn sliding_window_twin_has_the_same_weights() {
+        let models = arch_test_models();
+        let get = |n: &str| models.iter().find(|m| m.0 == n).unwrap().clone();
+        let (_, s, seed) = get("mistral-swa");
+        let (_, t, tseed) = get("mistral-swa.twin");
+        let (a, b) = (tmp("swa.gguf"), tmp("swa-twin.gguf"));
+        write_random_model(&a, &s, GgmlType::F32, seed).unwrap();
+        write_random_model(&b, &t, GgmlType::F32, tseed).unwrap();
+        let (fa, fb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
+        for ta in fa.tensors() {
+            let (tb, bytes) = fb.tensor(&ta.name).unwrap();
+            assert_eq!((&ta.dims, ta.ty), (&tb.dims, tb.ty), "{}", ta.name);
+            assert!(
+                fa.tensor_data(ta) == bytes,
+                "{}: different weights",
+                ta.name
+            );
+        }
+        assert_eq!(
+            fb.tensors().len(),
+            fa.tensors().len() + s.n_layer,
+            "one sink per layer"
+        );
+    }
 }
