@@ -4,7 +4,8 @@
 //! cargo run --release -p dino-testutil --example random_model -- \
 //!     --shape tinyllama --type q4_0 -o /path/model.gguf [--seed N]
 //! ```
-//! Shapes: `tinyllama` (TinyLlama-1.1B), `tiny-llama`, `tiny-qwen2` (a few MB, for tests).
+//! Shapes: `tinyllama` (TinyLlama-1.1B), `qwen3moe-a3b-16l` (Qwen3-30B-A3B's layers, 16 of
+//! them: 10.6 B weights, 1.2 B per token), `tiny-llama`, `tiny-qwen2` (a few MB, for tests).
 //! Types: any ggml type Dino can quantize to (`f32`, `f16`, `bf16`, `q4_0`, `q4_1`, `q5_0`, `q5_1`,
 //! `q8_0`, `q2_K` … `q6_K`). Matrices (embeddings and output head included) get that type, norms
 //! and biases stay F32. The file appears only when complete (written as `PATH.part`, then renamed).
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 const USAGE: &str =
-    "usage: random_model --shape tinyllama|tiny-llama|tiny-qwen2 --type TYPE -o PATH [--seed N]";
+    "usage: random_model --shape tinyllama|qwen3moe-a3b-16l|tiny-llama|tiny-qwen2 --type TYPE -o PATH [--seed N]";
 
 struct Args {
     shape: Shape,
@@ -28,6 +29,7 @@ struct Args {
 fn shape_by_name(s: &str) -> Option<Shape> {
     match s {
         "tinyllama" | "tinyllama-1.1b" => Some(Shape::tinyllama_1_1b()),
+        "qwen3moe-a3b-16l" => Some(Shape::qwen3moe_30b_a3b(16)),
         "tiny-llama" => Some(Shape::tiny("llama")),
         "tiny-qwen2" => Some(Shape::tiny("qwen2")),
         _ => None,

@@ -73,6 +73,30 @@ impl Shape {
         }
     }
 
+    /// Qwen3-30B-A3B's layer shape with `n_layer` layers (48 in the real model): 2048 embd,
+    /// 32 heads / 4 kv of 128, 128 experts of width 768 with 8 used, 151936 vocab. 16 layers
+    /// make 10.6 B weights of which 1.2 B are read per token: a mixture-of-experts benchmark
+    /// that fits in RAM at 4 bits.
+    pub fn qwen3moe_30b_a3b(n_layer: usize) -> Shape {
+        Shape {
+            arch: "qwen3moe",
+            name: format!("random Qwen3-30B-A3B shape, {n_layer} layers"),
+            n_vocab: 151936,
+            n_embd: 2048,
+            n_layer,
+            n_head: 32,
+            n_head_kv: 4,
+            n_ff: 6144,
+            n_ctx: 4096,
+            head_dim: Some(128),
+            qk_norm: true,
+            n_expert: 128,
+            n_expert_used: 8,
+            n_ff_exp: Some(768),
+            ..Shape::plain()
+        }
+    }
+
     /// A small model for fast tests (a few MB).
     pub fn tiny(arch: &'static str) -> Shape {
         Shape {
