@@ -25,6 +25,12 @@ Checks recorded in each file (and printed):
 - MoE: the smallest router-logit gap between the k-th and (k+1)-th expert over all tokens and layers (numpy), so a
   ~1e-5 difference in the router input cannot flip the expert choice.
 
+Phi-3 "long rope" (`phi3-longrope`: global `rope_factors_short/long.weight`, `rope.scaling.original_context_length`
+512, `rope.scaling.attn_factor`): llama.cpp picks the factor set by its context size (`llama_model::get_rope_factors`:
+long when n_ctx_seq, n_ctx padded to 256, exceeds original_context_length), so these rows are made at two context
+sizes: n_ctx 256 (short factors; `logits`/`decode_logits`) and n_ctx 1024 (long factors; `more_contexts`), each
+checked against the numpy forward with the factors it should have used.
+
 Mistral with a sliding window: llama.cpp 0.3.36's `llama` architecture ignores windows. Dino reads
 `llama.attention.sliding_window`; the reference comes from the same weights written as `granite_swa` (the llama graph
 plus logit_scale 1, an all-SWA layer pattern and attention sinks of -1e30, which add exp(-1e30 - max) = 0 to the
@@ -57,6 +63,7 @@ OUT_DIR = REPO / "crates/dino-testutil/data/reference/arch"
 N_PROMPT = 64
 POSITIONS = [0, 7, 15, 16, 31, 47, 63]
 N_CTX = 256
+LONG_ROPE_N_CTX = 1024  # > the phi3-longrope original context (512): llama.cpp's long factors
 NEOX = {"qwen3", "qwen3moe", "phi3"}
 
 
@@ -77,9 +84,10 @@ def f7(x) -> float:
 # llama.cpp
 
 
-def lcpp_logits(path, toks, threads=1, one_by_one=False):
-    llm = Llama(model_path=str(path), n_ctx=N_CTX, n_batch=N_PROMPT, n_ubatch=N_PROMPT, n_threads=threads,
+def lcpp_logits(path, toks, threads=1, one_by_one=False, n_ctx=N_CTX):
+    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=N_PROMPT, n_ubatch=N_PROMPT, n_threads=threads,
                 n_threads_batch=threads, logits_all=True, flash_attn=True, vocab_only=False, verbose=False)
+    assert llm.n_ctx() == n_ctx, f"llama.cpp context {llm.n_ctx()} != {n_ctx}"
     if one_by_one:
         for t in toks:
             llm.eval([t])
@@ -104,11 +112,13 @@ def rms(x, w, eps=1e-5):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 
-def rope(x, n_rot, neox, base=10000.0):  # x [T, H, hd]
+def rope(x, n_rot, neox, base=10000.0, factors=None, attn_factor=1.0):  # x [T, H, hd]
     T = x.shape[0]
     inv = base ** (-np.arange(0, n_rot, 2) / n_rot)
+    if factors is not None:  # per-pair frequency divisors (ggml_rope_ext's freq_factors)
+        inv = inv / factors
     th = (np.arange(T)[:, None] * inv)[:, None, :]
-    c, s = np.cos(th), np.sin(th)
+    c, s = np.cos(th) * attn_factor, np.sin(th) * attn_factor
     out = x.copy()
     if neox:
         a, b = x[..., :n_rot // 2], x[..., n_rot // 2:n_rot]
@@ -123,9 +133,21 @@ def silu(x):
     return x / (1 + np.exp(-x))
 
 
-def numpy_forward(path, arch, sh, toks, n_swa):
+def gguf_scalar(r, key, default=None):
+    f = r.fields.get(key)
+    return default if f is None else f.parts[f.data[0]][0].item()
+
+
+def numpy_forward(path, arch, sh, toks, n_swa, n_ctx=N_CTX):
     r = gguf.GGUFReader(str(path))
     W = {t.name: np.array(t.data, dtype=np.float64) for t in r.tensors}  # numpy shape = reversed ggml ne
+    # Phi-3 long rope, read from the file: long factors when the padded context exceeds the original one.
+    factors, attn_factor = None, gguf_scalar(r, f"{arch}.rope.scaling.attn_factor", 1.0)
+    if "rope_factors_short.weight" in W:
+        n_ctx_orig = gguf_scalar(r, f"{arch}.rope.scaling.original_context_length",
+                                 gguf_scalar(r, f"{arch}.context_length"))
+        n_ctx_seq = -(-n_ctx // 256) * 256
+        factors = W["rope_factors_long.weight" if n_ctx_seq > n_ctx_orig else "rope_factors_short.weight"]
     T, H, Hkv, hd, n_rot = len(toks), sh["n_head"], sh["n_head_kv"], sh["head_dim"], sh["n_rot"]
     q_w, kv_w = H * hd, Hkv * hd
     x = W["token_embd.weight"][toks]
@@ -147,7 +169,8 @@ def numpy_forward(path, arch, sh, toks, n_swa):
         q, k, v = q.reshape(T, H, hd), k.reshape(T, Hkv, hd), v.reshape(T, Hkv, hd)
         if sh["qk_norm"]:
             q, k = rms(q, p("attn_q_norm.weight")), rms(k, p("attn_k_norm.weight"))
-        q, k = rope(q, n_rot, arch in NEOX), rope(k, n_rot, arch in NEOX)
+        q = rope(q, n_rot, arch in NEOX, factors=factors, attn_factor=attn_factor)
+        k = rope(k, n_rot, arch in NEOX, factors=factors, attn_factor=attn_factor)
         scale = 1 / math.sqrt(hd)
         if arch == "phi3":  # Q pre-scaled in f32, kq_scale 1
             q, scale = q * scale, 1.0
@@ -284,6 +307,30 @@ def main():
               + (f", min router gap {margin:.4f}" if margin is not None else ""), flush=True)
         if margin is not None and margin < args.min_router_margin:
             sys.exit(f"{name}: router gap {margin} < {args.min_router_margin}: choose another seed")
+        more = []
+        if sh.get("n_ctx_orig"):
+            # Long rope: the same prompt with a context over the original one (llama.cpp's long factors).
+            n_ctx = LONG_ROPE_N_CTX
+            assert n_ctx > sh["n_ctx_orig"] >= N_CTX, "the two contexts must fall on either side of n_ctx_orig"
+            lrows = lcpp_logits(path, toks, n_ctx=n_ctx)
+            lseq = lcpp_logits(path, toks, one_by_one=True, n_ctx=n_ctx)
+            lnpy, _ = numpy_forward(path, m["arch"], sh, toks, n_swa, n_ctx=n_ctx)
+            short_npy_on_long, _ = numpy_forward(path, m["arch"], sh, toks, n_swa)
+            c = {
+                f"n_ctx_{n_ctx}_vs_{N_CTX}_max_abs_diff": maxdiff(lrows, rows),
+                f"n_ctx_{n_ctx}_one_by_one_vs_batch_max_abs_diff": maxdiff(lseq, lrows),
+                f"n_ctx_{n_ctx}_numpy_forward_vs_llama_cpp_max_abs_diff": maxdiff(lnpy, lrows),
+                f"n_ctx_{n_ctx}_numpy_with_short_factors_vs_llama_cpp_max_abs_diff": maxdiff(short_npy_on_long, lrows),
+            }
+            checks.update(c)
+            print(f"{name} n_ctx {n_ctx}: " + ", ".join(f"{k} {v:.3g}" for k, v in c.items()), flush=True)
+            assert c[f"n_ctx_{n_ctx}_vs_{N_CTX}_max_abs_diff"] > 0.1, "the two contexts give the same logits"
+            assert c[f"n_ctx_{n_ctx}_numpy_forward_vs_llama_cpp_max_abs_diff"] < 1e-3, "llama.cpp's long rope differs"
+            more.append({
+                "n_ctx": n_ctx,
+                "logits": [[f7(x) for x in lrows[p]] for p in POSITIONS],
+                "decode_logits": [[f7(x) for x in lseq[p]] for p in POSITIONS],
+            })
         doc = {
             "generator": "bench/llamacpp/make_arch_reference.py",
             "name": name,
@@ -311,11 +358,17 @@ def main():
             "logits": "rows of the one-batch prompt evaluation at `positions`",
             "decode_logits": "the same rows when the prompt is evaluated one token per decode (llama.cpp's f16-Q path)",
         }
+        if more:
+            doc["settings"]["more_contexts"] = (
+                "`logits` and `decode_logits` with the context n_ctx (llama.cpp picks Phi-3's long rope factors "
+                "when n_ctx, padded to 256, exceeds rope.scaling.original_context_length); all else as above")
         doc["checks"] = checks
         doc["prompt"] = toks
         doc["positions"] = POSITIONS
         doc["logits"] = [[f7(x) for x in rows[p]] for p in POSITIONS]
         doc["decode_logits"] = [[f7(x) for x in seq[p]] for p in POSITIONS]
+        if more:
+            doc["more_contexts"] = more
         out = args.out_dir / f"{name}.json"
         out.write_text(jsonfmt.dumps(doc), encoding="utf-8")
         print(f"  wrote {out} ({out.stat().st_size // 1024} KB)", flush=True)

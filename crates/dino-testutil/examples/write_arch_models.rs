@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 "{file}: {} seed {seed}, {bytes} bytes, sha256 {sha}",
                 s.arch
             );
-            let shape = json!({
+            let mut shape = json!({
                 "n_vocab": s.n_vocab,
                 "n_embd": s.n_embd,
                 "n_layer": s.n_layer,
@@ -66,6 +66,11 @@ fn main() -> ExitCode {
                 "n_ff_exp": if s.n_expert > 0 { s.n_ff_exp() } else { 0 },
                 "n_swa": s.n_swa,
             });
+            if let (Some(orig), Some(f)) = (s.n_ctx_orig, s.rope_attn_factor()) {
+                // Only on long-rope models, so the other manifests' shapes stay as they were.
+                shape["n_ctx_orig"] = json!(orig);
+                shape["rope_attn_factor"] = json!(f);
+            }
             models.insert(
                 name.to_string(),
                 json!({

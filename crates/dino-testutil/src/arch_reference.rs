@@ -13,6 +13,18 @@ pub fn arch_reference_dir() -> PathBuf {
     crate::reference_dir().join("arch")
 }
 
+/// llama.cpp's logit rows at one more context size (`more_contexts` in the JSON: Phi-3's long
+/// rope factors are chosen by the context size).
+#[derive(Clone, Debug)]
+pub struct ContextRows {
+    /// llama.cpp's `n_ctx` (a multiple of 256, so its padding leaves it as it is).
+    pub n_ctx: usize,
+    /// `[positions.len()][n_vocab]`, the prompt evaluated as one batch.
+    pub rows: Vec<Vec<f32>>,
+    /// The same rows with the prompt evaluated one token per decode.
+    pub decode_rows: Vec<Vec<f32>>,
+}
+
 /// One model's reference: what to regenerate, the prompt and llama.cpp's logit rows.
 #[derive(Clone, Debug)]
 pub struct ArchReference {
@@ -33,6 +45,10 @@ pub struct ArchReference {
     pub rows: Vec<Vec<f32>>,
     /// The same rows with the prompt evaluated one token per decode.
     pub decode_rows: Vec<Vec<f32>>,
+    /// llama.cpp's context size for `rows` and `decode_rows` (`settings.n_ctx`).
+    pub n_ctx: usize,
+    /// The rows at other context sizes (none unless the context changes the model's maths).
+    pub more_contexts: Vec<ContextRows>,
 }
 
 fn field<'a>(v: &'a Value, path: &str, file: &Path) -> &'a Value {
@@ -79,8 +95,8 @@ impl ArchReference {
             .iter()
             .map(|x| uint(x, "positions", f) as usize)
             .collect();
-        let matrix = |key: &str| -> Vec<Vec<f32>> {
-            list(g(key), key, f)
+        let matrix_in = |v: &Value, key: &str| -> Vec<Vec<f32>> {
+            list(field(v, key, f), key, f)
                 .iter()
                 .map(|r| {
                     list(r, key, f)
@@ -94,8 +110,18 @@ impl ArchReference {
                 })
                 .collect()
         };
-        let rows = matrix("logits");
-        let decode_rows = matrix("decode_logits");
+        let rows = matrix_in(&v, "logits");
+        let decode_rows = matrix_in(&v, "decode_logits");
+        let more_contexts = v
+            .get("more_contexts")
+            .map_or(&[][..], |m| list(m, "more_contexts", f))
+            .iter()
+            .map(|c| ContextRows {
+                n_ctx: uint(field(c, "n_ctx", f), "more_contexts.n_ctx", f) as usize,
+                rows: matrix_in(c, "logits"),
+                decode_rows: matrix_in(c, "decode_logits"),
+            })
+            .collect();
         let r = ArchReference {
             name: string(g("name"), "name", f),
             arch: string(g("dino_file.arch"), "dino_file.arch", f),
@@ -106,9 +132,15 @@ impl ArchReference {
             positions,
             rows,
             decode_rows,
+            n_ctx: uint(g("settings.n_ctx"), "settings.n_ctx", f) as usize,
+            more_contexts,
         };
         assert_eq!(r.name, name, "{}: name", f.display());
-        for rows in [&r.rows, &r.decode_rows] {
+        for rows in r
+            .contexts()
+            .into_iter()
+            .flat_map(|c| [c.rows, c.decode_rows])
+        {
             assert_eq!(
                 rows.len(),
                 r.positions.len(),
@@ -118,6 +150,31 @@ impl ArchReference {
         }
         r
     }
+
+    /// Every context's rows: `settings.n_ctx` with `rows` and `decode_rows` first, then
+    /// `more_contexts`.
+    pub fn contexts(&self) -> Vec<ContextRef<'_>> {
+        let first = ContextRef {
+            n_ctx: self.n_ctx,
+            rows: &self.rows,
+            decode_rows: &self.decode_rows,
+        };
+        std::iter::once(first)
+            .chain(self.more_contexts.iter().map(|c| ContextRef {
+                n_ctx: c.n_ctx,
+                rows: &c.rows,
+                decode_rows: &c.decode_rows,
+            }))
+            .collect()
+    }
+}
+
+/// One context's rows of an [`ArchReference`], borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct ContextRef<'a> {
+    pub n_ctx: usize,
+    pub rows: &'a [Vec<f32>],
+    pub decode_rows: &'a [Vec<f32>],
 }
 
 /// sha256 of a file's bytes, lower-case hex.

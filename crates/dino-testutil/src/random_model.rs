@@ -1,8 +1,8 @@
 //! Random-weight GGUF models of any real shape, for speed work and for tests that need a model
 //! file of a given architecture: the llama/qwen2 layouts, and the variations of the families
 //! that only exist here as random models (qwen3's Q/K norms and head_dim, phi3's fused QKV and
-//! gate/up, Mixtral/qwen3moe experts, a sliding window). Weights are streamed row by row into
-//! the writer, so a multi-gigabyte model never sits in memory.
+//! gate/up and "long rope" factors, Mixtral/qwen3moe experts, a sliding window). Weights are
+//! streamed row by row into the writer, so a multi-gigabyte model never sits in memory.
 
 use dino_core::{Error, GgmlType, Result};
 use dino_formats::gguf::{Array, GgufWriter, Value};
@@ -52,6 +52,13 @@ pub struct Shape {
     /// layer gets `attn_sinks` `[n_head]` of -1e30, which add nothing to the softmax: llama.cpp
     /// then runs exactly the `llama` graph with a standard window on every layer.
     pub n_swa: usize,
+    /// Phi-3 "long rope" when set: `rope.scaling.original_context_length` (the context trained
+    /// before the extension to `n_ctx`), `rope.scaling.attn_factor` as the converter computes it
+    /// for `longrope` (`sqrt(1 + ln(n_ctx / n_ctx_orig) / ln(n_ctx_orig))`), and the global
+    /// `rope_factors_short.weight` / `rope_factors_long.weight` `[n_rot / 2]` (F32, drawing
+    /// nothing from the generator): per-pair frequency divisors rising from 1 to 1.5 and from
+    /// 2 to 8, see [`long_rope_factors`].
+    pub n_ctx_orig: Option<usize>,
 }
 
 impl Shape {
@@ -138,6 +145,7 @@ impl Shape {
             n_expert_used: 0,
             n_ff_exp: None,
             n_swa: 0,
+            n_ctx_orig: None,
         }
     }
 
@@ -165,6 +173,13 @@ impl Shape {
                 fused_gate_up: true,
                 n_rot: Some(32),
                 ..tiny
+            },
+            // phi3 with long-rope factors: context 4096 extended from 512 (attn_factor
+            // sqrt(4/3)); llama.cpp picks the long factors when its context exceeds 512.
+            "phi3-longrope" => Shape {
+                n_ctx: 4096,
+                n_ctx_orig: Some(512),
+                ..Shape::arch_test("phi3")?
             },
             // `llama` with experts: 8 experts of width n_ff, 2 used.
             "mixtral" => Shape {
@@ -214,6 +229,23 @@ impl Shape {
         self.head_dim.unwrap_or(self.n_embd / self.n_head)
     }
 
+    /// Rotated dimensions per head.
+    pub fn n_rot(&self) -> usize {
+        self.n_rot.unwrap_or(self.head_dim())
+    }
+
+    /// `rope.scaling.attn_factor` of a long-rope shape, as llama.cpp's converter computes it
+    /// for `longrope` (in f64, stored as f32); `None` without long rope.
+    pub fn rope_attn_factor(&self) -> Option<f32> {
+        let orig = self.n_ctx_orig? as f64;
+        let scale = self.n_ctx as f64 / orig;
+        Some(if scale > 1.0 {
+            (1.0 + scale.ln() / orig.ln()).sqrt() as f32
+        } else {
+            1.0
+        })
+    }
+
     /// Width of each expert's FFN.
     pub fn n_ff_exp(&self) -> usize {
         self.n_ff_exp.unwrap_or(self.n_ff)
@@ -231,6 +263,7 @@ pub fn arch_test_models() -> Vec<(&'static str, Shape, u64)> {
         ("llama", 101),
         ("qwen3", 102),
         ("phi3", 103),
+        ("phi3-longrope", 103),
         ("mixtral", 399),
         ("qwen3moe", 217),
         ("mistral-swa", 106),
@@ -240,6 +273,16 @@ pub fn arch_test_models() -> Vec<(&'static str, Shape, u64)> {
     .into_iter()
     .map(|(name, seed)| (name, Shape::arch_test(name).expect("known name"), seed))
     .collect()
+}
+
+/// The `[n_pairs]` (short, long) RoPE factors of a long-rope shape: monotone like a real
+/// checkpoint's, `1 + 0.5 x²` and `2 + 6 x²` for `x = i / (n_pairs - 1)`.
+pub fn long_rope_factors(n_pairs: usize) -> (Vec<f32>, Vec<f32>) {
+    let x = |i: usize| i as f32 / (n_pairs.max(2) - 1) as f32;
+    (
+        (0..n_pairs).map(|i| 1.0 + 0.5 * x(i) * x(i)).collect(),
+        (0..n_pairs).map(|i| 2.0 + 6.0 * x(i) * x(i)).collect(),
+    )
 }
 
 /// Deterministic uniform generator (xorshift64*).
@@ -302,6 +345,8 @@ enum Kind {
     Vector,
     /// F32, every element this value; draws nothing from the generator.
     Const(f32),
+    /// F32, [`long_rope_factors`] (long if true); draws nothing from the generator.
+    RopeFactors(bool),
 }
 
 /// Write a random-weight model of `shape` with matrices of type `ty` (norms, biases and the
@@ -340,6 +385,13 @@ pub fn write_random_model(path: &Path, shape: &Shape, ty: GgmlType, seed: u64) -
     }
     if s.n_swa > 0 {
         w.set(a("attention.sliding_window"), Value::U32(s.n_swa as u32))?;
+    }
+    if let (Some(orig), Some(f)) = (s.n_ctx_orig, s.rope_attn_factor()) {
+        w.set(
+            a("rope.scaling.original_context_length"),
+            Value::U32(orig as u32),
+        )?;
+        w.set(a("rope.scaling.attn_factor"), Value::F32(f))?;
     }
     let granite_swa = s.arch == "granite_swa";
     if granite_swa {
@@ -427,6 +479,15 @@ pub fn write_random_model(path: &Path, shape: &Shape, ty: GgmlType, seed: u64) -
             Kind::Matrix,
         ));
     }
+    if s.n_ctx_orig.is_some() {
+        // Global, as the converter writes them (llama.cpp shares them across layers).
+        for (name, long) in [
+            ("rope_factors_long.weight", true),
+            ("rope_factors_short.weight", false),
+        ] {
+            specs.push((name.into(), vec![s.n_rot() / 2], Kind::RopeFactors(long)));
+        }
+    }
     for (name, dims, kind) in &specs {
         let t = if *kind == Kind::Matrix {
             ty
@@ -447,6 +508,14 @@ pub fn write_random_model(path: &Path, shape: &Shape, ty: GgmlType, seed: u64) -
         let amp = 1.0 / (n_in as f32).sqrt() * 1.7;
         let mut row = vec![0f32; n_in];
         let mut bytes = vec![0u8; spec.ty.row_size(n_in as u64).unwrap_or(0) as usize];
+        if let Kind::RopeFactors(long) = kind {
+            let (short_f, long_f) = long_rope_factors(n_in);
+            let f = if *long { long_f } else { short_f };
+            quant::quantize_row(spec.ty, &f, &mut bytes)?;
+            return out
+                .write_all(&bytes)
+                .map_err(|e| Error::io(path.display(), e));
+        }
         for _ in 0..n_rows {
             for x in row.iter_mut() {
                 *x = if let Kind::Const(c) = kind {
@@ -497,6 +566,9 @@ mod tests {
                 );
                 assert_eq!(has("output.weight"), !s.tied, "{name}");
                 assert_eq!(has("blk.0.attn_sinks.weight"), s.arch == "granite_swa");
+                for t in ["rope_factors_short.weight", "rope_factors_long.weight"] {
+                    assert_eq!(has(t), s.n_ctx_orig.is_some(), "{name}: {t}");
+                }
                 if s.n_expert > 0 {
                     let router = f.tensor_info("blk.0.ffn_gate_inp.weight").unwrap();
                     assert_eq!(router.ty, GgmlType::F32, "{name}: the router stays F32");
@@ -525,6 +597,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `phi3-longrope` holds `phi3`'s weights plus the two global factor tensors (F32,
+    /// `[n_rot/2]`, monotone, long above short) and the long-rope keys.
+    #[test]
+    fn long_rope_model_is_phi3_plus_factors() {
+        let models = arch_test_models();
+        let get = |n: &str| models.iter().find(|m| m.0 == n).unwrap().clone();
+        let ((_, s, seed), (_, l, lseed)) = (get("phi3"), get("phi3-longrope"));
+        let (a, b) = (tmp("phi3.gguf"), tmp("phi3-longrope.gguf"));
+        write_random_model(&a, &s, GgmlType::F32, seed).unwrap();
+        write_random_model(&b, &l, GgmlType::F32, lseed).unwrap();
+        let (fa, fb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
+        for ta in fa.tensors() {
+            let (tb, bytes) = fb.tensor(&ta.name).unwrap();
+            assert_eq!((&ta.dims, ta.ty), (&tb.dims, tb.ty), "{}", ta.name);
+            assert!(
+                fa.tensor_data(ta) == bytes,
+                "{}: different weights",
+                ta.name
+            );
+        }
+        assert_eq!(fb.tensors().len(), fa.tensors().len() + 2);
+        let read = |n: &str| -> Vec<f32> {
+            let (t, bytes) = fb.tensor(n).unwrap();
+            assert_eq!((t.ty, &t.dims[..]), (GgmlType::F32, &[16u64][..]), "{n}");
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let (short, long) = (
+            read("rope_factors_short.weight"),
+            read("rope_factors_long.weight"),
+        );
+        assert_eq!(
+            (short[0], short[15], long[0], long[15]),
+            (1.0, 1.5, 2.0, 8.0)
+        );
+        assert!(short.windows(2).all(|w| w[0] < w[1]) && long.windows(2).all(|w| w[0] < w[1]));
+        let md = fb.metadata();
+        let key = "phi3.rope.scaling.original_context_length";
+        assert_eq!(md.opt_u32(key).unwrap(), Some(512));
+        let f = md
+            .opt_f32("phi3.rope.scaling.attn_factor")
+            .unwrap()
+            .unwrap();
+        assert!((f - (4.0f32 / 3.0).sqrt()).abs() < 1e-6, "attn_factor {f}");
+        assert_eq!(md.opt_u32("phi3.context_length").unwrap(), Some(4096));
     }
 
     /// The llama.cpp twin of `mistral-swa` holds the same weights, tensor for tensor.
