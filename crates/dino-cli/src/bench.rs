@@ -47,7 +47,7 @@ pub enum OutputFormat {
         Results go to stdout, progress to stderr."
 )]
 pub struct BenchArgs {
-    /// Model(s): GGUF file paths or catalog names (see `dino pull --list`), comma-separated or
+    /// Model(s): GGUF files, Hugging Face checkpoint directories or catalog names (see `dino pull --list`), comma-separated or
     /// repeated. Default: SmolLM2-135M-Instruct Q4_1.
     #[arg(short = 'm', long = "model", value_name = "FILE")]
     model: Vec<String>,
@@ -90,6 +90,9 @@ pub struct BenchArgs {
     /// Seed of the random token ids.
     #[arg(long = "seed", default_value_t = 1)]
     seed: u64,
+    /// Quantize Hugging Face checkpoint directories to this type at load (see `dino run --help`).
+    #[arg(long = "quant", value_name = "TYPE", value_parser = crate::parse_ggml_type)]
+    quant: Option<dino_core::GgmlType>,
 }
 
 /// Accept llama-bench's two-letter flags (`-pg`, `-ub`) after `dino bench`.
@@ -191,6 +194,7 @@ struct Plan {
     n_ubatch: Vec<usize>,
     threads: Vec<usize>,
     repack: Vec<bool>,
+    quant: Option<dino_core::GgmlType>,
     /// (n_prompt, n_gen) in llama-bench's order: pp tests, tg tests, pg tests.
     tests: Vec<(usize, usize)>,
 }
@@ -233,6 +237,7 @@ impl Plan {
             n_ubatch,
             threads,
             repack,
+            quant: a.quant,
             tests,
         })
     }
@@ -403,6 +408,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                         threads_batch: load.threads,
                         warm_up: true,
                         no_repack: !load.repack,
+                        quant: plan.quant,
                         ..Default::default()
                     },
                 )

@@ -2,11 +2,14 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use dino_core::GgmlType;
 use dino_engine::metrics::{fmt_bytes, peak_rss_bytes};
 use dino_engine::{
-    generate, perplexity, Engine, EngineOptions, GenerateParams, PerplexityOptions, SamplerConfig,
+    generate, perplexity, ConvertOptions, Engine, EngineOptions, GenerateParams, PerplexityOptions,
+    SamplerConfig,
 };
 use dino_formats::gguf::GgufFile;
+use dino_formats::hf::OutType;
 use dino_hub as pull;
 use std::io::{IsTerminal, Read, Write};
 use std::ops::ControlFlow;
@@ -22,7 +25,9 @@ mod bench;
     long_about = "Dino runs GGUF language models on ordinary CPUs.\n\n\
         Quick start:\n  dino run -p \"Once upon a time\"      (fetches the default model, SmolLM2-135M-Instruct Q4_1)\n  \
         dino pull --list                      (models Dino can fetch)\n  dino inspect model.gguf               (metadata and tensors)\n  \
-        dino perplexity -m model.gguf -f text.txt"
+        dino perplexity -m model.gguf -f text.txt\n  \
+        dino run -m ./hf-dir --quant q8_0 -p \"...\"  (a Hugging Face checkpoint, quantized at load)\n  \
+        dino convert ./hf-dir out.gguf --type q8_0"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,13 +47,37 @@ enum Cmd {
     /// Benchmark prompt and generation speed as llama.cpp's llama-bench does, with its flags
     /// and output formats (md, json, jsonl, csv); adds peak RSS and energy per token.
     Bench(bench::BenchArgs),
+    /// Convert a Hugging Face checkpoint directory to a GGUF file that llama.cpp and Dino load.
+    #[command(
+        long_about = "Convert a Hugging Face checkpoint directory (config.json, tokenizer.json, \
+            tokenizer_config.json, model.safetensors or model.safetensors.index.json with its shards; \
+            F32, F16 or BF16) to one GGUF file, as llama.cpp's convert_hf_to_gguf.py does: the same \
+            metadata keys, tensor names and transforms (Llama Q/K permutation, Gemma norm +1, stacked \
+            experts), so llama.cpp loads the result.\n\n\
+            Architectures: LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM (llama), \
+            Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM.\n\n\
+            --type (default auto): auto keeps BF16 checkpoints in BF16 and writes F16 and F32 ones as \
+            F16 (lossless for F16/BF16 sources, like convert_hf_to_gguf.py --outtype auto); f16, bf16 \
+            and f32 convert; q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k and q6_k quantize every \
+            weight matrix to that one type (as llama-quantize --pure; rows that are not a whole number \
+            of blocks fall back to Q5_0/Q5_1/Q8_0/Q4_0 or F16, as llama.cpp does). Norms, biases, the \
+            MoE router and RoPE factor tables are always F32.\n\n\
+            Tensors are streamed one at a time, so memory stays near one tensor's size."
+    )]
+    Convert(ConvertArgs),
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model: a GGUF file path or a catalog name (see `dino pull --list`). Default: SmolLM2-135M-Instruct Q4_1.
+    /// Model: a GGUF file, a Hugging Face checkpoint directory (config.json, tokenizer.json,
+    /// *.safetensors) or a catalog name (see `dino pull --list`). Default: SmolLM2-135M-Instruct Q4_1.
     #[arg(short = 'm', long = "model")]
     model: Option<String>,
+    /// Quantize a Hugging Face checkpoint's weight matrices to this type while loading
+    /// (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, f16, bf16, f32); norms and
+    /// biases stay F32. Tensor by tensor from the mmap: no second full-precision copy.
+    #[arg(long = "quant", value_name = "TYPE", value_parser = parse_ggml_type)]
+    quant: Option<GgmlType>,
     /// Threads for generation (default: all cores).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
@@ -116,6 +145,29 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct ConvertArgs {
+    /// Hugging Face checkpoint directory.
+    src: PathBuf,
+    /// Output GGUF file (written through OUT.part, renamed when complete).
+    out: PathBuf,
+    /// Weight matrix type: auto, f16, bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k,
+    /// q5_k, q6_k.
+    #[arg(
+        long = "type",
+        visible_alias = "outtype",
+        value_name = "TYPE",
+        default_value = "auto"
+    )]
+    ty: String,
+    /// Threads for quantizing (default: all cores).
+    #[arg(short = 't', long = "threads", default_value_t = 0)]
+    threads: usize,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
 struct PullArgs {
     /// Catalog name (default: the default model).
     name: Option<String>,
@@ -129,7 +181,7 @@ struct PullArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// GGUF file or catalog name.
+    /// GGUF file, Hugging Face checkpoint directory or catalog name.
     file: String,
     /// Print every array element in full instead of a preview.
     #[arg(long)]
@@ -161,6 +213,7 @@ fn main() {
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Perplexity(a) => cmd_ppl(a),
         Cmd::Bench(a) => bench::cmd_bench(a),
+        Cmd::Convert(a) => cmd_convert(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
@@ -194,6 +247,8 @@ fn load_engine(m: &ModelArgs) -> Result<Engine> {
             warm_up: true,
             mlock: m.mlock,
             no_repack: m.no_repack,
+            quant: m.quant,
+            progress: true,
         },
     )
     .with_context(|| format!("loading {}", path.display()))?;
@@ -318,6 +373,40 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--quant`/`--type` values: llama.cpp's type names, any case.
+pub(crate) fn parse_ggml_type(s: &str) -> std::result::Result<GgmlType, String> {
+    dino_formats::hf::parse_type(s).map_err(|e| e.to_string())
+}
+
+fn cmd_convert(a: ConvertArgs) -> Result<()> {
+    let out = if a.ty.eq_ignore_ascii_case("auto") {
+        OutType::Auto
+    } else {
+        OutType::Type(parse_ggml_type(&a.ty).map_err(anyhow::Error::msg)?)
+    };
+    let t0 = std::time::Instant::now();
+    let bytes = dino_engine::convert(
+        &a.src,
+        &a.out,
+        &ConvertOptions {
+            out,
+            threads: a.threads,
+            progress: !a.quiet,
+        },
+    )
+    .with_context(|| format!("converting {}", a.src.display()))?;
+    eprintln!(
+        "wrote {} ({} of tensor data) in {:.1} s, peak RSS {}",
+        a.out.display(),
+        fmt_bytes(bytes),
+        t0.elapsed().as_secs_f64(),
+        peak_rss_bytes()
+            .map(fmt_bytes)
+            .unwrap_or_else(|| "unavailable".into())
+    );
+    Ok(())
+}
+
 fn cmd_pull(a: PullArgs) -> Result<()> {
     if a.list {
         for e in pull::catalog() {
@@ -333,7 +422,12 @@ fn cmd_pull(a: PullArgs) -> Result<()> {
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let path = pull::resolve_model(Some(&a.file), &pull_opts(false))?;
-    let f = GgufFile::open(&path)?;
+    let f = if path.is_dir() {
+        // A Hugging Face checkpoint: what it loads as (offsets are into its storages).
+        dino_formats::hf::HfModel::open(&path)?.into_gguf(Default::default())?
+    } else {
+        GgufFile::open(&path)?
+    };
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

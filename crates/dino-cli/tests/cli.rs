@@ -353,3 +353,110 @@ fn bench_bad_arguments_are_clear_errors() {
         assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
     }
 }
+
+/// A Hugging Face checkpoint directory of the tiny model (F16 safetensors, byte-fallback BPE
+/// tokenizer.json), made by the test utility from its GGUF.
+fn tiny_hf_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tmp("tiny-llama-hf");
+        dino_testutil::hf_dir::write_hf_dir_from_gguf(&tiny_model(), &d, Default::default())
+            .unwrap();
+        d
+    })
+    .clone()
+}
+
+fn greedy_text(model: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "run",
+        "-m",
+        model,
+        "-p",
+        "hello world",
+        "-n",
+        "10",
+        "--temp",
+        "0",
+        "--ignore-eos",
+    ];
+    args.extend_from_slice(extra);
+    let o = dino(&args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{args:?}: {err}");
+    out
+}
+
+#[test]
+fn hf_directory_runs_quantized_and_converts() {
+    let dir = tiny_hf_dir();
+    let dir = dir.to_str().unwrap();
+    let f16 = greedy_text(dir, &[]);
+    let q8 = greedy_text(dir, &["--quant", "q8_0"]);
+    let out = tmp("tiny-from-hf-q8_0.gguf");
+    let o = dino(&[
+        "convert",
+        dir,
+        out.to_str().unwrap(),
+        "--type",
+        "q8_0",
+        "-q",
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("wrote") && err.contains("peak RSS"), "{err}");
+    // The converted file holds the bytes the in-situ quantization made: the same text.
+    assert_eq!(greedy_text(out.to_str().unwrap(), &[]), q8);
+    let o = dino(&["convert", dir, tmp("x.gguf").to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(greedy_text(tmp("x.gguf").to_str().unwrap(), &[]), f16);
+    // inspect reads the directory as the GGUF it loads as.
+    let o = dino(&["inspect", dir]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(
+        out.contains("blk.0.attn_q.weight") && out.contains("tokenizer.ggml.model"),
+        "{out}"
+    );
+}
+
+#[test]
+fn hf_directory_errors_are_clear() {
+    let dir = tiny_hf_dir();
+    let o = dino(&[
+        "convert",
+        dir.to_str().unwrap(),
+        tmp("y.gguf").to_str().unwrap(),
+        "--type",
+        "q9_9",
+    ]);
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("unknown tensor type 'q9_9'"),
+        "{err}"
+    );
+    let o = dino(&[
+        "run",
+        "-m",
+        dir.to_str().unwrap(),
+        "--quant",
+        "iq2_xs",
+        "-p",
+        "x",
+    ]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success() && err.contains("q8_0"), "{err}");
+    // A directory without config.json is not a checkpoint.
+    let empty = tmp("empty-dir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = dino(&["run", "-m", empty.to_str().unwrap(), "-p", "x"]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success() && err.contains("config.json"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let o = dino(&["convert", "--help"]);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("auto keeps BF16") && out.contains("q4_k"),
+        "{out}"
+    );
+}

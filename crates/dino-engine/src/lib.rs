@@ -12,8 +12,9 @@ pub use dino_tokenizer::Tokenizer;
 pub use perplexity::{perplexity, PerplexityOptions, PerplexityResult};
 pub use sampler::{Sampler, SamplerConfig};
 
-use dino_core::{Error, Result};
+use dino_core::{Error, GgmlType, Result};
 use dino_formats::gguf::GgufFile;
+use dino_formats::hf::{Conversion, HfModel, OutType};
 use dino_kernels::pool::ThreadPool;
 use dino_models::LoadOptions;
 use std::ops::ControlFlow;
@@ -36,6 +37,12 @@ pub struct EngineOptions {
     /// Keep weights in the file's layout (no load-time repacking into the kernels' faster
     /// interleaved layouts, which sum in another order than llama.cpp).
     pub no_repack: bool,
+    /// Quantize the weight matrices of a Hugging Face checkpoint to this type while loading
+    /// (norms, biases and the MoE router stay F32). `None`: keep the checkpoint's F32/F16/BF16.
+    pub quant: Option<GgmlType>,
+    /// Show the progress of load-time conversion on stderr (a bar on a terminal, else a line
+    /// every 10 %).
+    pub progress: bool,
 }
 
 /// A loaded model with its tokenizer and thread pool.
@@ -60,9 +67,11 @@ pub struct CtxChoice {
 }
 
 impl Engine {
+    /// Load a GGUF file, or a Hugging Face checkpoint directory (config.json, tokenizer.json,
+    /// safetensors), quantized at load if `opts.quant` says so.
     pub fn load(path: impl AsRef<Path>, opts: &EngineOptions) -> Result<Engine> {
         let t0 = Instant::now();
-        let file = Arc::new(GgufFile::open(path.as_ref())?);
+        let file = Arc::new(open_model_file(path.as_ref(), opts)?);
         let tokenizer = Tokenizer::from_gguf(file.metadata())?;
         if opts.mlock {
             file.lock_in_memory()?;
@@ -168,6 +177,96 @@ impl Engine {
     /// A fresh single-sequence KV cache of `n_ctx` positions.
     pub fn new_kv(&self, n_ctx: usize) -> Result<KvCache> {
         KvCache::new(self.model.kv_shape(), n_ctx, 1)
+    }
+}
+
+/// Open `path` as a GGUF file, or assemble a Hugging Face checkpoint directory as one.
+fn open_model_file(path: &Path, opts: &EngineOptions) -> Result<GgufFile> {
+    if path.is_dir() {
+        let mut progress = stderr_progress("converting");
+        let hf = HfModel::open(path)?;
+        return hf.into_gguf(Conversion {
+            out: opts.quant.map_or(OutType::Keep, OutType::Type),
+            encoder: Some(dino_kernels::quant::quantize_row),
+            threads: opts.threads,
+            progress: if opts.progress {
+                Some(&mut progress)
+            } else {
+                None
+            },
+        });
+    }
+    if let Some(q) = opts.quant {
+        return Err(Error::invalid(format!(
+            "{}: quantizing at load ({q}) applies to Hugging Face checkpoint directories; \
+             quantize a GGUF file ahead of time instead",
+            path.display()
+        )));
+    }
+    GgufFile::open(path)
+}
+
+/// What to write with [`convert`].
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    /// Matrix type: `Auto` keeps BF16 checkpoints BF16 and makes F16/F32 ones F16.
+    pub out: OutType,
+    /// Threads for quantizing (0 = all cores).
+    pub threads: usize,
+    /// Progress on stderr.
+    pub progress: bool,
+}
+
+/// Convert the Hugging Face checkpoint directory `src` to the GGUF file `dst` (tensors streamed
+/// one at a time, written through `dst.part`). Returns the bytes of tensor data written.
+pub fn convert(src: &Path, dst: &Path, opts: &ConvertOptions) -> Result<u64> {
+    let hf = HfModel::open(src)?;
+    let mut progress = stderr_progress("writing");
+    hf.write_gguf(
+        dst,
+        Conversion {
+            out: opts.out,
+            encoder: Some(dino_kernels::quant::quantize_row),
+            threads: opts.threads,
+            progress: if opts.progress {
+                Some(&mut progress)
+            } else {
+                None
+            },
+        },
+    )
+}
+
+/// A progress reporter for (done, total) bytes on stderr: a redrawn bar on a terminal, else a
+/// line at every 10 %.
+pub fn stderr_progress(label: &str) -> impl FnMut(u64, u64) + '_ {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let mut last = None;
+    move |done, total| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100).min(100);
+        let mut err = std::io::stderr().lock();
+        if tty {
+            let filled = (pct / 4) as usize;
+            let _ = write!(
+                err,
+                "\r{label} [{}{}] {pct:>3}% ({} / {})",
+                "#".repeat(filled),
+                " ".repeat(25 - filled),
+                metrics::fmt_bytes(done),
+                metrics::fmt_bytes(total)
+            );
+            if done >= total {
+                let _ = writeln!(err);
+            }
+        } else {
+            let step = pct / 10;
+            if last != Some(step) {
+                last = Some(step);
+                let _ = writeln!(err, "{label}: {pct}%");
+            }
+        }
+        let _ = err.flush();
     }
 }
 

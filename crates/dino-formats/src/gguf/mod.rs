@@ -8,7 +8,8 @@ mod reader;
 mod value;
 mod writer;
 
-pub use reader::{GgufFile, TensorInfo};
+pub(crate) use reader::release_mapped as release_mapped_range;
+pub use reader::{GgufFile, PlacedTensor, Storage, TensorInfo};
 pub use value::{Array, Metadata, Value, ValueType};
 pub use writer::{GgufWriter, TensorSpec};
 

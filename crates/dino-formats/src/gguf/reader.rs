@@ -47,11 +47,101 @@ impl Backing {
     }
 }
 
+/// Tensor data of a file assembled in memory ([`GgufFile::assemble`]): a mapped file whose
+/// tensor data starts at byte `start` (a safetensors shard), or an owned buffer (tensors
+/// transformed or quantized at load).
+pub struct Storage {
+    name: String,
+    backing: Backing,
+    start: usize,
+}
+
+impl Storage {
+    /// A mapped file, `name` shown in errors; tensor offsets count from byte `start` of it.
+    pub fn mapped(name: impl Into<String>, map: Mmap, start: usize) -> Storage {
+        Storage {
+            name: name.into(),
+            backing: Backing::Mmap(map),
+            start,
+        }
+    }
+
+    /// Bytes owned in memory; tensor offsets count from their first byte.
+    pub fn owned(name: impl Into<String>, bytes: Vec<u8>) -> Storage {
+        Storage {
+            name: name.into(),
+            backing: Backing::Owned(bytes),
+            start: 0,
+        }
+    }
+
+    /// The tensor data: the bytes from `start` on.
+    pub fn data(&self) -> &[u8] {
+        let b = self.backing.bytes();
+        &b[self.start.min(b.len())..]
+    }
+
+    /// Let the OS drop this process's resident pages of `offset..offset+len` (relative to the
+    /// data start) of a mapped storage; a no-op for owned bytes. Best effort.
+    pub fn release_range(&self, offset: u64, len: u64) -> Result<()> {
+        if let Backing::Mmap(m) = &self.backing {
+            release_mapped(m, self.start as u64 + offset, len)
+                .map_err(|e| Error::io(&self.name, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `madvise(MADV_DONTNEED)` on the whole pages inside `start..start+len` of a read-only map.
+pub(crate) fn release_mapped(m: &Mmap, start: u64, len: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let page = 4096u64;
+        let first = start.div_ceil(page) * page;
+        let end = (start.saturating_add(len) / page * page).min(m.len() as u64);
+        if end > first {
+            // SAFETY: the mapping is private and read-only, so MADV_DONTNEED loses no data: the
+            // pages are re-read from the file if accessed again. No reference into the range is
+            // invalidated (the bytes do not change). The range lies inside the map (clamped).
+            unsafe {
+                m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first as usize,
+                    (end - first) as usize,
+                )
+            }?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (m, start, len);
+    Ok(())
+}
+
+/// Where a tensor of an assembled file lives: storage `storage`, at `offset` from its data start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlacedTensor {
+    pub name: String,
+    /// ggml order, as [`TensorInfo::dims`].
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    pub storage: usize,
+    pub offset: u64,
+}
+
+/// A run of tensor data: a storage placed at virtual offset `base`. A GGUF file has one (its
+/// data section, base 0); an assembled file one per shard or owned buffer.
+/// [`TensorInfo::offset`] is virtual: the segment's `base` plus the offset inside it.
+struct Segment {
+    storage: Storage,
+    base: u64,
+}
+
 /// A GGUF file opened over mmap. Parsing validates the header completely; tensor data is
 /// only touched when asked for.
 pub struct GgufFile {
     path: PathBuf,
-    data: Backing,
+    /// Sorted by `base`, bases strictly increasing.
+    segments: Vec<Segment>,
     version: u32,
     metadata: Metadata,
     tensors: Vec<TensorInfo>,
@@ -90,12 +180,14 @@ impl GgufFile {
     /// Ask the kernel to read the whole mapping ahead (`madvise(MADV_WILLNEED)`), so the first
     /// forward pass does not stall on page faults. A no-op for in-memory images.
     pub fn advise_willneed(&self) -> Result<()> {
-        if let Backing::Mmap(m) = &self.data {
-            #[cfg(unix)]
-            m.advise(memmap2::Advice::WillNeed)
-                .map_err(|e| Error::io(self.path.display().to_string(), e))?;
-            #[cfg(not(unix))]
-            let _ = m;
+        for s in &self.segments {
+            if let Backing::Mmap(m) = &s.storage.backing {
+                #[cfg(unix)]
+                m.advise(memmap2::Advice::WillNeed)
+                    .map_err(|e| Error::io(&s.storage.name, e))?;
+                #[cfg(not(unix))]
+                let _ = m;
+            }
         }
         Ok(())
     }
@@ -104,37 +196,29 @@ impl GgufFile {
     /// (relative to the data section), after a repacked copy replaced them: the file stays
     /// mapped and the pages are read again from the page cache if touched. Best effort.
     pub fn release_range(&self, offset: u64, len: u64) -> Result<()> {
-        #[cfg(unix)]
-        if let Backing::Mmap(m) = &self.data {
-            let page = 4096u64;
-            let start = (self.data_offset + offset).div_ceil(page) * page;
-            let end = ((self.data_offset + offset + len) / page * page).min(m.len() as u64);
-            if end > start {
-                // SAFETY: the mapping is private and read-only, so MADV_DONTNEED loses no data:
-                // the pages are re-read from the file if accessed again. No reference into the
-                // range is invalidated (the bytes do not change).
-                unsafe {
-                    m.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start as usize,
-                        (end - start) as usize,
-                    )
-                }
-                .map_err(|e| Error::io(self.path.display().to_string(), e))?;
-            }
-        }
-        Ok(())
+        let Some(seg) = self.segment(offset) else {
+            return Ok(());
+        };
+        seg.storage.release_range(offset - seg.base, len)
+    }
+
+    /// The segment holding virtual offset `offset`.
+    fn segment(&self, offset: u64) -> Option<&Segment> {
+        let i = self.segments.partition_point(|s| s.base <= offset);
+        i.checked_sub(1).map(|i| &self.segments[i])
     }
 
     /// Lock the mapping in RAM (`mlock`), so weights are never paged out. Fails with the OS
     /// error (typically `RLIMIT_MEMLOCK`) when the lock is not allowed.
     pub fn lock_in_memory(&self) -> Result<()> {
-        if let Backing::Mmap(m) = &self.data {
-            #[cfg(unix)]
-            m.lock()
-                .map_err(|e| Error::io(format!("mlock {}", self.path.display()), e))?;
-            #[cfg(not(unix))]
-            let _ = m;
+        for s in &self.segments {
+            if let Backing::Mmap(m) = &s.storage.backing {
+                #[cfg(unix)]
+                m.lock()
+                    .map_err(|e| Error::io(format!("mlock {}", s.storage.name), e))?;
+                #[cfg(not(unix))]
+                let _ = m;
+            }
         }
         Ok(())
     }
@@ -142,6 +226,84 @@ impl GgufFile {
     /// Parse a GGUF image held in memory (tests, fuzzing, small embedded files).
     pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<GgufFile> {
         Self::parse(name.into(), Backing::Owned(bytes))
+    }
+
+    /// A file assembled in memory: `metadata` plus tensors whose bytes live in `storages`
+    /// (e.g. a Hugging Face checkpoint's safetensors maps and the tensors converted at load).
+    /// Every tensor is checked as [`GgufFile::open`] checks a file's: dims, type geometry,
+    /// unique names, and bytes inside their storage. [`TensorInfo::offset`] of the result is a
+    /// virtual offset (see [`GgufFile::tensor_data`]); `path` names the source in errors.
+    pub fn assemble(
+        path: impl Into<PathBuf>,
+        metadata: Metadata,
+        storages: Vec<Storage>,
+        placed: Vec<PlacedTensor>,
+    ) -> Result<GgufFile> {
+        let path = path.into();
+        let shown = path.display().to_string();
+        let mut segments = Vec::with_capacity(storages.len());
+        let mut base = 0u64;
+        for storage in storages {
+            let len = storage.data().len() as u64;
+            segments.push(Segment { storage, base });
+            base = (base + len.max(1)).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
+        }
+        let mut tensors = Vec::with_capacity(placed.len());
+        let mut tensor_index = HashMap::with_capacity(placed.len());
+        for t in placed {
+            let ctx = format!("tensor '{}'", t.name);
+            let seg = segments
+                .get(t.storage)
+                .ok_or_else(|| Error::format(&shown, format!("{ctx}: no storage {}", t.storage)))?;
+            if t.dims.is_empty() || t.dims.len() > MAX_DIMS || t.dims.contains(&0) {
+                return Err(Error::format(
+                    &shown,
+                    format!("{ctx}: invalid dims {:?}", t.dims),
+                ));
+            }
+            let size = t
+                .dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .filter(|_| t.dims[0] % t.ty.block_size() as u64 == 0)
+                .and_then(|n| t.ty.row_size(n))
+                .ok_or_else(|| {
+                    Error::format(
+                        &shown,
+                        format!("{ctx}: dims {:?} do not fit type {}", t.dims, t.ty),
+                    )
+                })?;
+            let room = seg.storage.data().len() as u64;
+            if t.offset.checked_add(size).is_none_or(|end| end > room) {
+                return Err(Error::format(
+                    &shown,
+                    format!(
+                        "{ctx}: data [{}, {size} bytes] lies outside {} ({room} bytes)",
+                        t.offset, seg.storage.name
+                    ),
+                ));
+            }
+            if tensor_index.insert(t.name.clone(), tensors.len()).is_some() {
+                return Err(Error::format(&shown, format!("duplicate {ctx}")));
+            }
+            tensors.push(TensorInfo {
+                name: t.name,
+                dims: t.dims,
+                ty: t.ty,
+                offset: seg.base + t.offset,
+                size,
+            });
+        }
+        Ok(GgufFile {
+            path,
+            segments,
+            version: 3,
+            metadata,
+            tensors,
+            tensor_index,
+            alignment: DEFAULT_ALIGNMENT,
+            data_offset: 0,
+        })
     }
 
     fn parse(path: PathBuf, data: Backing) -> Result<GgufFile> {
@@ -307,9 +469,14 @@ impl GgufFile {
             }
         }
 
+        let storage = Storage {
+            name: shown,
+            backing: data,
+            start: data_offset.min(file_len) as usize,
+        };
         Ok(GgufFile {
             path,
-            data,
+            segments: vec![Segment { storage, base: 0 }],
             version,
             metadata,
             tensors,
@@ -338,9 +505,12 @@ impl GgufFile {
     pub fn data_offset(&self) -> u64 {
         self.data_offset
     }
-    /// Size of the whole file image.
+    /// Size of the whole file image (of an assembled file: the sum of its storages).
     pub fn file_size(&self) -> u64 {
-        self.data.bytes().len() as u64
+        self.segments
+            .iter()
+            .map(|s| s.storage.backing.bytes().len() as u64)
+            .sum()
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
@@ -348,9 +518,15 @@ impl GgufFile {
     }
 
     /// The tensor's bytes, straight from the map (bounds were checked at open).
+    ///
+    /// `info.offset` is virtual: a GGUF file's offset in its data section, or, in an assembled
+    /// file, the storage's place plus the offset inside it.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
-        let start = (self.data_offset + info.offset) as usize;
-        &self.data.bytes()[start..start + info.size as usize]
+        let seg = self
+            .segment(info.offset)
+            .expect("tensor offsets were checked at open");
+        let start = (info.offset - seg.base) as usize;
+        &seg.storage.data()[start..start + info.size as usize]
     }
 
     /// Look a tensor up by name: its info and bytes.
@@ -361,9 +537,12 @@ impl GgufFile {
         Ok((info, self.tensor_data(info)))
     }
 
-    /// The whole mapped image (for `madvise`-style prefetching by callers).
+    /// The whole mapped image (for `madvise`-style prefetching by callers); of an assembled
+    /// file, its first storage.
     pub fn bytes(&self) -> &[u8] {
-        self.data.bytes()
+        self.segments
+            .first()
+            .map_or(&[][..], |s| s.storage.backing.bytes())
     }
 }
 
