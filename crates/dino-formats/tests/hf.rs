@@ -284,6 +284,14 @@ fn tiny_llama_as_gguf() {
             row_f32(&f, "blk.0.attn_v.weight", 5),
             hf_row("v_proj.weight", 5)
         );
+        // Converted tensors (Q, permuted) live in anonymous memory: released, their pages go
+        // back to the OS and read as zeros, which is why only data never read again (a
+        // repacked weight's source) may be released.
+        let (q, _) = f.tensor("blk.0.attn_q.weight").unwrap();
+        assert_eq!(q.size, 64 * 64 * 2);
+        f.release_range(q.offset, q.size).unwrap();
+        let (_, bytes) = f.tensor("blk.0.attn_q.weight").unwrap();
+        assert!(bytes.iter().all(|&b| b == 0));
     }
 }
 

@@ -36,12 +36,15 @@ impl TensorInfo {
 enum Backing {
     Mmap(Mmap),
     Owned(Vec<u8>),
+    /// Anonymous memory holding tensors computed at load: its pages can be given back to the
+    /// OS (they read as zeros afterwards).
+    Anon(Mmap),
 }
 
 impl Backing {
     fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Mmap(m) => m,
+            Backing::Mmap(m) | Backing::Anon(m) => m,
             Backing::Owned(v) => v,
         }
     }
@@ -75,6 +78,17 @@ impl Storage {
         }
     }
 
+    /// Tensors computed at load, in anonymous memory (`MmapMut::map_anon`, made read-only):
+    /// unlike [`Storage::owned`] bytes, their pages can be released, after which they read as
+    /// zeros (see [`GgufFile::release_range`]).
+    pub fn converted(name: impl Into<String>, map: Mmap) -> Storage {
+        Storage {
+            name: name.into(),
+            backing: Backing::Anon(map),
+            start: 0,
+        }
+    }
+
     /// The tensor data: the bytes from `start` on.
     pub fn data(&self) -> &[u8] {
         let b = self.backing.bytes();
@@ -82,14 +96,43 @@ impl Storage {
     }
 
     /// Let the OS drop this process's resident pages of `offset..offset+len` (relative to the
-    /// data start) of a mapped storage; a no-op for owned bytes. Best effort.
+    /// data start): a mapped file's pages are read again if touched; a converted storage's
+    /// are discarded and read as zeros. A no-op for owned bytes. Best effort.
     pub fn release_range(&self, offset: u64, len: u64) -> Result<()> {
-        if let Backing::Mmap(m) = &self.backing {
-            release_mapped(m, self.start as u64 + offset, len)
-                .map_err(|e| Error::io(&self.name, e))?;
+        match &self.backing {
+            Backing::Mmap(m) => release_mapped(m, self.start as u64 + offset, len),
+            Backing::Anon(m) => discard_anon(m, self.start as u64 + offset, len),
+            Backing::Owned(_) => Ok(()),
         }
-        Ok(())
+        .map_err(|e| Error::io(&self.name, e))
     }
+}
+
+/// `madvise(MADV_DONTNEED)` on the whole pages inside `start..start+len` of a private anonymous
+/// map: the memory goes back to the OS and the range reads as zeros afterwards.
+fn discard_anon(m: &Mmap, start: u64, len: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let page = 4096u64;
+        let first = start.div_ceil(page) * page;
+        let end = (start.saturating_add(len) / page * page).min(m.len() as u64);
+        if end > first {
+            // SAFETY: the range lies inside the map (clamped). Its bytes become zeros:
+            // `GgufFile::release_range`'s contract is that released tensor data is not read
+            // again (its only caller releases a weight's source after copying it into the
+            // repacked layout, and no borrow of the range outlives that copy).
+            unsafe {
+                m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first as usize,
+                    (end - first) as usize,
+                )
+            }?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (m, start, len);
+    Ok(())
 }
 
 /// `madvise(MADV_DONTNEED)` on the whole pages inside `start..start+len` of a read-only map.
@@ -193,8 +236,10 @@ impl GgufFile {
     }
 
     /// Let the OS drop this process's resident pages of tensor data at `offset..offset+len`
-    /// (relative to the data section), after a repacked copy replaced them: the file stays
-    /// mapped and the pages are read again from the page cache if touched. Best effort.
+    /// (relative to the data section), after a repacked copy replaced them. Only release data
+    /// that will not be read again: file pages would be read again from the page cache, but
+    /// tensors computed at load (a checkpoint's converted or `--quant`ized tensors, held in
+    /// anonymous memory) are discarded and read as zeros. Best effort.
     pub fn release_range(&self, offset: u64, len: u64) -> Result<()> {
         let Some(seg) = self.segment(offset) else {
             return Ok(());

@@ -533,9 +533,12 @@ impl HfModel {
                 });
                 continue;
             }
-            let size = Self::out_size(t, ty);
-            let mut buf = vec![0u8; size as usize];
-            self.compute(t, ty, conv.encoder, conv.threads, &mut buf)?;
+            let size = Self::out_size(t, ty) as usize;
+            // Anonymous memory, so that a repacked weight can give its source pages back.
+            let io = |e| Error::io(format!("{} (converted)", t.name), e);
+            let mut buf = memmap2::MmapMut::map_anon(size.max(1)).map_err(io)?;
+            self.compute(t, ty, conv.encoder, conv.threads, &mut buf[..size])?;
+            let buf = buf.make_read_only().map_err(io)?;
             self.release(t);
             placed.push(PlacedTensor {
                 name: t.name.clone(),
@@ -544,8 +547,8 @@ impl HfModel {
                 storage: n_shards + owned.len(),
                 offset: 0,
             });
-            owned.push(Storage::owned(format!("{} (converted)", t.name), buf));
-            done += size;
+            owned.push(Storage::converted(format!("{} (converted)", t.name), buf));
+            done += size as u64;
             if let Some(p) = conv.progress.as_mut() {
                 p(done, total);
             }
