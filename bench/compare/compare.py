@@ -41,9 +41,12 @@ MODELS = {
                    label="Qwen2.5-Coder-0.5B-Instruct", type="Q4_K_M"),
     "qwen15": dict(pull="qwen15", file="Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
                    label="Qwen2.5-Coder-1.5B-Instruct", type="Q4_K_M"),
+    "gemma3": dict(pull="gemma3", file="gemma-3-270m-Q4_K_M.gguf", label="Gemma-3-270M", type="Q4_K_M"),
     "tl-q4_0": dict(shape="tinyllama", gtype="q4_0", label="TinyLlama-1.1B shape, random", type="Q4_0"),
     "tl-q8_0": dict(shape="tinyllama", gtype="q8_0", label="TinyLlama-1.1B shape, random", type="Q8_0"),
     "tl-f16": dict(shape="tinyllama", gtype="f16", label="TinyLlama-1.1B shape, random", type="F16"),
+    "moe-q4_0": dict(shape="qwen3moe-a3b-16l", gtype="q4_0", label="Qwen3-30B-A3B layers x16, random",
+                     type="Q4_0"),
 }
 RANDOM_SEED = 42
 
@@ -327,24 +330,33 @@ _ROW = re.compile(r"^\s+(\d+)\s+(\S+)\s+(\S+)\s+(.+?)\s+(\d+)\s+(\d+)\s*$")
 
 def weight_bytes_per_token(env: Env, path: Path) -> dict:
     """Bytes of weights one decode step reads: every matrix except the token embedding (one row is
-    read), plus the embedding again when it doubles as the output head (no output.weight)."""
+    read), plus the embedding again when it doubles as the output head (no output.weight); of a
+    mixture of experts' `*_exps` tensors, the share of the experts a token uses."""
     out, _ = run([str(env.dino), "inspect", str(path)], f"dino inspect {path.name}", timeout=300)
     tensors = {}
     in_table = False
+    experts = {}
     for line in out.splitlines():
         if line.startswith("tensors:"):
             in_table = True
             continue
+        me = re.match(r"^\s+\S+\.(expert_count|expert_used_count)\s+(\d+)\s*$", line)
+        if me and not in_table:
+            experts[me.group(1)] = int(me.group(2))
         mt = _ROW.match(line) if in_table else None
         if mt:
             dims = [d for d in re.split(r"\s*x\s*", mt.group(4).strip()) if d]
             tensors[mt.group(2)] = dict(type=mt.group(3), n_dims=len(dims), bytes=int(mt.group(5)))
     if "token_embd.weight" not in tensors:
         raise Fail(f"dino inspect {path}: no tensor table with token_embd.weight in its output")
-    matrices = sum(t["bytes"] for name, t in tensors.items() if t["n_dims"] >= 2 and name != "token_embd.weight")
+    share = 1.0
+    if experts.get("expert_count", 0) > 0:
+        share = experts.get("expert_used_count", 0) / experts["expert_count"]
+    matrices = sum(t["bytes"] * (share if "_exps." in name else 1.0)
+                   for name, t in tensors.items() if t["n_dims"] >= 2 and name != "token_embd.weight")
     tied = "output.weight" not in tensors
     head = tensors["token_embd.weight"]["bytes"] if tied else 0
-    return dict(bytes=matrices + head, tied_output=tied, n_tensors=len(tensors),
+    return dict(bytes=int(matrices) + head, tied_output=tied, n_tensors=len(tensors), expert_share=share,
                 tensor_bytes=sum(t["bytes"] for t in tensors.values()))
 
 
