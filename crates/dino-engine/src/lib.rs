@@ -1,6 +1,7 @@
 //! The engine: loads a model and its tokenizer, owns the KV cache, runs generation with a
 //! sampler chain, computes perplexity, and reports timings and memory.
 
+pub mod batch;
 pub mod bench;
 pub mod energy;
 pub mod metrics;
@@ -177,6 +178,11 @@ impl Engine {
     /// A fresh single-sequence KV cache of `n_ctx` positions.
     pub fn new_kv(&self, n_ctx: usize) -> Result<KvCache> {
         KvCache::new(self.model.kv_shape(), n_ctx, 1)
+    }
+
+    /// A fresh KV cache of `n_seq` sequences of `n_ctx` positions each.
+    pub fn new_kv_seqs(&self, n_ctx: usize, n_seq: usize) -> Result<KvCache> {
+        KvCache::new(self.model.kv_shape(), n_ctx, n_seq)
     }
 }
 
