@@ -127,6 +127,9 @@ pub struct BatchStats {
     pub queue_depth: usize,
     pub running: usize,
     pub n_seq: usize,
+    /// Prompt tokens whose KV was reused from an earlier sequence of the same slot instead of
+    /// being computed (since start).
+    pub prefix_tokens_reused: u64,
 }
 
 struct Pending {
@@ -137,6 +140,7 @@ struct Pending {
 struct Shared {
     queued: AtomicUsize,
     running: AtomicUsize,
+    reused: std::sync::atomic::AtomicU64,
     stop: AtomicBool,
 }
 
@@ -162,6 +166,7 @@ impl BatchEngine {
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            reused: std::sync::atomic::AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let (c, s) = (cfg.clone(), shared.clone());
@@ -217,6 +222,7 @@ impl BatchEngine {
             queue_depth: self.shared.queued.load(Ordering::SeqCst),
             running: self.shared.running.load(Ordering::SeqCst),
             n_seq: self.cfg.n_seq,
+            prefix_tokens_reused: self.shared.reused.load(Ordering::SeqCst),
         }
     }
 }
@@ -249,6 +255,18 @@ struct Seq<'a> {
     stops: StopMatcher,
 }
 
+impl Seq<'_> {
+    /// The tokens whose keys and values are in the slot: the history but the last sampled
+    /// token (not fed yet), or the prompt's prefilled part.
+    fn in_cache(&self) -> &[u32] {
+        if self.next.is_some() || self.generated > 0 {
+            &self.history[..self.history.len() - 1]
+        } else {
+            &self.req.prompt[..self.prefilled]
+        }
+    }
+}
+
 fn run(
     engine: &Engine,
     mut kv: KvCache,
@@ -259,6 +277,9 @@ fn run(
     let tok = &engine.tokenizer;
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let mut slots: Vec<Option<Seq>> = (0..cfg.n_seq).map(|_| None).collect();
+    // Per slot, the tokens whose KV it holds from its last sequence: a new prompt that starts
+    // with them reuses them (a shared system prompt, a chat's history).
+    let mut cached: Vec<Vec<u32>> = vec![Vec::new(); cfg.n_seq];
     let mut batch = Batch::default();
     let mut logits = Logits::default();
     // (slot, index in the batch) of the tokens whose logits are sampled this step.
@@ -285,18 +306,32 @@ fn run(
             }
             keep
         });
-        for s in slots.iter_mut() {
-            if s.as_ref().is_some_and(|q| q.tx.is_closed()) {
+        for (s, c) in slots.iter_mut().zip(cached.iter_mut()) {
+            if let Some(q) = s.as_ref().filter(|q| q.tx.is_closed()) {
+                *c = q.in_cache().to_vec();
                 *s = None;
             }
         }
-        // Admit.
-        for s in slots.iter_mut() {
-            if s.is_some() {
-                continue;
-            }
+        // Admit, each request into the free slot holding the longest prefix of its prompt.
+        while slots.iter().any(Option::is_none) {
             let Some(p) = waiting.pop_front() else { break };
             shared.queued.fetch_sub(1, Ordering::SeqCst);
+            // At least the prompt's last token is computed: its logits are needed.
+            let common = |c: &[u32]| {
+                c.iter()
+                    .zip(&p.req.prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(p.req.prompt.len() - 1)
+            };
+            let (slot, reuse) = (0..cfg.n_seq)
+                .filter(|&i| slots[i].is_none())
+                .map(|i| (i, common(&cached[i])))
+                .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
+                .expect("a free slot");
+            cached[slot].truncate(reuse);
+            shared.reused.fetch_add(reuse as u64, Ordering::SeqCst);
+            let s = &mut slots[slot];
             let sampler = match Sampler::new(p.req.sampler.clone()) {
                 Ok(x) => x,
                 Err(e) => {
@@ -310,7 +345,7 @@ fn run(
                 req: p.req,
                 tx: p.tx,
                 sampler,
-                prefilled: 0,
+                prefilled: reuse,
                 next: None,
                 generated: 0,
                 decoder: tok.stream_decoder(),
@@ -353,8 +388,10 @@ fn run(
             continue;
         }
         if let Err(e) = engine.forward(&batch, &mut kv, &mut logits) {
-            // A failed pass fails every sequence in it.
-            for &(i, _) in &wants {
+            // A failed pass fails every sequence in it (their caches are now unknown).
+            for &i in &batch.seq {
+                let i = i as usize;
+                cached[i].clear();
                 if let Some(q) = slots[i].take() {
                     let _ = q.tx.send(GenEvent::Error(e.to_string()));
                 }
@@ -396,6 +433,7 @@ fn run(
                     completion_tokens: q.generated,
                 };
                 let tx = q.tx.clone();
+                cached[i] = q.in_cache().to_vec();
                 // The slot is free (and counted so) before the client hears it is done.
                 slots[i] = None;
                 shared.running.store(

@@ -191,3 +191,46 @@ fn stop_strings_cancellation_and_bounds() {
     }
     assert!(refused, "a full queue refuses");
 }
+
+/// A prompt that extends an earlier one in the same slot (a chat's next turn) reuses the
+/// cached keys and values of the shared prefix, and still gives its solo tokens.
+#[test]
+fn a_shared_prefix_is_reused_not_recomputed() {
+    let e = engine();
+    let b = BatchEngine::start(
+        e.clone(),
+        BatchConfig {
+            n_ctx: 256,
+            n_seq: 2,
+            n_batch: 64,
+            max_queue: 4,
+        },
+    )
+    .unwrap();
+    let first = request(&e, "The capital of France is", 8);
+    let mut rx = b.submit(first.clone()).unwrap();
+    let (ids, ..) = collect(&mut rx);
+    assert_eq!(b.stats().prefix_tokens_reused, 0);
+    // The next turn: the first prompt, its answer, and more text.
+    let mut prompt = first.prompt.clone();
+    prompt.extend(&ids);
+    prompt.extend(e.tokenizer.encode(" And of Italy?", false, false).unwrap());
+    let second = GenRequest {
+        prompt,
+        ..first.clone()
+    };
+    let mut rx = b.submit(second.clone()).unwrap();
+    let (got, ..) = collect(&mut rx);
+    // Everything but the last generated token (never fed) was in the cache.
+    let reused = first.prompt.len() + ids.len() - 1;
+    assert_eq!(b.stats().prefix_tokens_reused, reused as u64);
+    assert_eq!(got, solo(&e, &second));
+    // The same prompt again: all but its last token.
+    let mut rx = b.submit(second.clone()).unwrap();
+    let (again, ..) = collect(&mut rx);
+    assert_eq!(again, got);
+    assert_eq!(
+        b.stats().prefix_tokens_reused,
+        (reused + second.prompt.len() - 1) as u64
+    );
+}
