@@ -130,7 +130,14 @@ pub struct BatchStats {
     /// Prompt tokens whose KV was reused from an earlier sequence of the same slot instead of
     /// being computed (since start).
     pub prefix_tokens_reused: u64,
+    /// KV-cache blocks of [`KV_BLOCK`] positions holding tokens (running sequences and the
+    /// prefixes kept for reuse), and all there are.
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
 }
+
+/// Positions per KV-cache block in [`BatchStats`].
+pub const KV_BLOCK: usize = 16;
 
 struct Pending {
     req: GenRequest,
@@ -141,6 +148,7 @@ struct Shared {
     queued: AtomicUsize,
     running: AtomicUsize,
     reused: std::sync::atomic::AtomicU64,
+    blocks_used: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -167,6 +175,7 @@ impl BatchEngine {
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             reused: std::sync::atomic::AtomicU64::new(0),
+            blocks_used: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
         let (c, s) = (cfg.clone(), shared.clone());
@@ -223,6 +232,8 @@ impl BatchEngine {
             running: self.shared.running.load(Ordering::SeqCst),
             n_seq: self.cfg.n_seq,
             prefix_tokens_reused: self.shared.reused.load(Ordering::SeqCst),
+            kv_blocks_used: self.shared.blocks_used.load(Ordering::SeqCst),
+            kv_blocks_total: self.cfg.n_seq * self.cfg.n_ctx.div_ceil(KV_BLOCK),
         }
     }
 }
@@ -330,6 +341,9 @@ fn run(
                 .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
                 .expect("a free slot");
             cached[slot].truncate(reuse);
+            // The old tail's memory goes back to the OS; the new sequence commits pages as it
+            // writes them.
+            kv.release_seq(slot, reuse);
             shared.reused.fetch_add(reuse as u64, Ordering::SeqCst);
             let s = &mut slots[slot];
             let sampler = match Sampler::new(p.req.sampler.clone()) {
@@ -449,6 +463,16 @@ fn run(
             slots.iter().filter(|s| s.is_some()).count(),
             Ordering::SeqCst,
         );
+        let held: usize = slots
+            .iter()
+            .zip(&cached)
+            .map(|(s, c)| {
+                s.as_ref()
+                    .map_or(c.len(), |q| q.in_cache().len())
+                    .div_ceil(KV_BLOCK)
+            })
+            .sum();
+        shared.blocks_used.store(held, Ordering::SeqCst);
     }
 }
 

@@ -71,6 +71,22 @@ impl KvCache {
         )
     }
 
+    /// Give back the memory of sequence `seq`'s positions from `keep` on (rounded inward to
+    /// whole pages): they read as zeros afterwards, so only positions that will be written
+    /// again before they are read may be released (a finished sequence's tail). The cache
+    /// commits memory as positions are written; this returns it when a sequence ends, so the
+    /// memory used follows the tokens held, not `n_seq * n_ctx`.
+    pub fn release_seq(&mut self, seq: usize, keep: usize) {
+        if seq >= self.n_seq || keep >= self.n_ctx {
+            return;
+        }
+        let d = self.shape.n_kv_dim;
+        let (start, end) = ((seq * self.n_ctx + keep) * d, (seq + 1) * self.n_ctx * d);
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            release_pages(&mut buf[start..end]);
+        }
+    }
+
     /// Store one position's key and value rows (`[n_kv_dim]` each) for layer `il`.
     pub fn store(&mut self, il: usize, seq: usize, pos: usize, k: &[f32], v: &[f32]) {
         let d = self.shape.n_kv_dim;
@@ -81,5 +97,74 @@ impl KvCache {
         for (dst, &x) in self.v[il][at..at + d].iter_mut().zip(v) {
             *dst = f16::from_f32(x).to_bits();
         }
+    }
+}
+
+/// `madvise(MADV_DONTNEED)` on the whole pages inside `buf`: private anonymous memory goes back
+/// to the OS and reads as zeros when touched again. Best effort (a no-op off Unix).
+fn release_pages(buf: &mut [u16]) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let start = buf.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(buf);
+        let first = start.div_ceil(PAGE) * PAGE;
+        let last = end / PAGE * PAGE;
+        if last > first {
+            // SAFETY: [first, last) lies inside `buf`, which we borrow mutably (no other
+            // reference can observe the change). The memory is private and anonymous (a heap
+            // or mmap'd allocation), so MADV_DONTNEED makes those pages read as zeros, a valid
+            // value for u16, and the allocator keeps owning them.
+            let rc = unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            let _ = rc; // best effort: on failure the memory simply stays committed
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = buf;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Releasing a sequence's tail keeps its head and every other sequence, and released
+    /// positions can be written and read again.
+    #[test]
+    fn releasing_a_tail_keeps_the_rest() {
+        let shape = KvShape {
+            n_layer: 2,
+            n_kv_dim: 64,
+        };
+        let mut kv = KvCache::new(shape, 512, 2).unwrap();
+        let row: Vec<f32> = (0..64).map(|i| i as f32 * 0.5).collect();
+        for seq in 0..2 {
+            for pos in 0..512 {
+                for il in 0..2 {
+                    kv.store(il, seq, pos, &row, &row);
+                }
+            }
+        }
+        kv.release_seq(0, 100);
+        let want: Vec<f16> = row.iter().map(|&x| f16::from_f32(x)).collect();
+        for il in 0..2 {
+            let (k0, v0) = kv.seq_layer(il, 0);
+            for pos in 0..100 {
+                assert_eq!(&k0[pos * 64..(pos + 1) * 64], &want[..]);
+                assert_eq!(&v0[pos * 64..(pos + 1) * 64], &want[..]);
+            }
+            let (k1, _) = kv.seq_layer(il, 1);
+            assert!(k1.chunks(64).all(|r| r == &want[..]));
+        }
+        kv.store(1, 0, 300, &row, &row);
+        assert_eq!(&kv.seq_layer(1, 0).0[300 * 64..301 * 64], &want[..]);
+        // Out of range is a no-op.
+        kv.release_seq(5, 0);
+        kv.release_seq(0, 512);
     }
 }
