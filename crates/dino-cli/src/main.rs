@@ -16,6 +16,8 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 mod bench;
+mod chat;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +67,11 @@ enum Cmd {
             Tensors are streamed one at a time, so memory stays near one tensor's size."
     )]
     Convert(ConvertArgs),
+    /// Chat with a model in the terminal through its chat template (one message per line).
+    Chat(chat::ChatArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions,
+    /// /v1/completions, /v1/models, /health, /metrics), batching concurrent requests.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -214,6 +221,8 @@ fn main() {
         Cmd::Perplexity(a) => cmd_ppl(a),
         Cmd::Bench(a) => bench::cmd_bench(a),
         Cmd::Convert(a) => cmd_convert(a),
+        Cmd::Chat(a) => chat::cmd_chat(a),
+        Cmd::Serve(a) => serve::cmd_serve(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -158,6 +158,7 @@ pub struct BatchEngine {
     tx: mpsc::Sender<Pending>,
     shared: Arc<Shared>,
     cfg: BatchConfig,
+    n_vocab: usize,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -170,6 +171,7 @@ impl BatchEngine {
             ));
         }
         let kv = engine.new_kv_seqs(cfg.n_ctx, cfg.n_seq)?;
+        let n_vocab = engine.model.info().hparams.n_vocab;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
@@ -187,6 +189,7 @@ impl BatchEngine {
             tx,
             shared,
             cfg,
+            n_vocab,
             thread: Some(thread),
         })
     }
@@ -211,6 +214,13 @@ impl BatchEngine {
                 n_prompt: req.prompt.len(),
                 n_ctx: self.cfg.n_ctx,
             });
+        }
+        // A bad id would fail the whole shared forward pass: refuse it here.
+        if let Some(&t) = req.prompt.iter().find(|&&t| t as usize >= self.n_vocab) {
+            return Err(SubmitError::Invalid(format!(
+                "token id {t} is out of range (vocabulary has {})",
+                self.n_vocab
+            )));
         }
         Sampler::new(req.sampler.clone()).map_err(|e| SubmitError::Invalid(e.to_string()))?;
         // Count first, so two racing submits cannot both take the last place.

@@ -332,6 +332,20 @@ pub fn generate(
     kv: &mut KvCache,
     prompt: &[u32],
     params: &GenerateParams,
+    on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+) -> Result<GenerateStats> {
+    generate_cached(engine, kv, prompt, 0, params, on_token)
+}
+
+/// As [`generate`], when sequence 0 of `kv` already holds `prompt[..n_cached]` at positions
+/// `0..n_cached` (a chat's earlier turns): only the rest of the prompt is evaluated (always at
+/// least its last token, for the logits). The penalties still see the whole prompt.
+pub fn generate_cached(
+    engine: &Engine,
+    kv: &mut KvCache,
+    prompt: &[u32],
+    n_cached: usize,
+    params: &GenerateParams,
     mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
 ) -> Result<GenerateStats> {
     if prompt.is_empty() {
@@ -353,8 +367,9 @@ pub fn generate(
     let mut logits = Logits::default();
     let t0 = Instant::now();
     let n_batch = params.n_batch.max(1);
-    for (i, chunk) in prompt.chunks(n_batch).enumerate() {
-        let batch = Batch::from_tokens(chunk, i * n_batch, 0, false);
+    let start = n_cached.min(prompt.len() - 1);
+    for (i, chunk) in prompt[start..].chunks(n_batch).enumerate() {
+        let batch = Batch::from_tokens(chunk, start + i * n_batch, 0, false);
         engine.forward(&batch, kv, &mut logits)?;
     }
     stats.prompt_time = t0.elapsed();

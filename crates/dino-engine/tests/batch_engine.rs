@@ -164,6 +164,11 @@ fn stop_strings_cancellation_and_bounds() {
         ..req.clone()
     };
     assert!(matches!(b.submit(empty), Err(SubmitError::Invalid(_))));
+    let bad_id = GenRequest {
+        prompt: vec![1, u32::MAX],
+        ..req.clone()
+    };
+    assert!(matches!(b.submit(bad_id), Err(SubmitError::Invalid(m)) if m.contains("out of range")));
     // The context ends a generation that would overflow it.
     let mut rx = b
         .submit(GenRequest {

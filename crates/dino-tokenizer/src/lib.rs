@@ -20,6 +20,7 @@
 
 mod arena;
 mod bpe;
+pub mod chat;
 mod decode;
 mod gguf;
 mod spm;
