@@ -2,6 +2,7 @@
 //! - [`model`]: the real models and test vectors, fetched into the cache the way `dino pull`
 //!   does (only `stories260K.gguf` is looked for in `../shared/models`);
 //! - [`random_model`]: random-weight GGUF models of any real shape, written with the GGUF writer;
+//! - [`python::openai_python`]: a Python venv in the same cache with the pinned `openai` client;
 //! - [`hf_dir`]: Hugging Face checkpoint directories made from a real GGUF's weights and tokenizer;
 //! - [`reference_dir`]: committed golden data (llama.cpp reference outputs);
 //! - [`arch_reference`]: llama.cpp logits for the random models of the families without a real
@@ -9,6 +10,7 @@
 
 pub mod arch_reference;
 pub mod hf_dir;
+pub mod python;
 pub mod random_model;
 
 use std::path::{Path, PathBuf};
