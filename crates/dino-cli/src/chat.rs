@@ -11,10 +11,10 @@
 //! evaluated. Skipping them needs a `generate` that starts at a given position, which
 //! dino-engine does not have yet: until then [`generate_cached`] evaluates the whole prompt.
 
-use crate::{load_engine, ModelArgs};
+use crate::{load_engine, ModelArgs, SamplingArgs};
 use anyhow::{Context, Result};
 use clap::Args;
-use dino_engine::{Engine, GenerateParams, GenerateStats, KvCache, SamplerConfig};
+use dino_engine::{Engine, GenerateParams, GenerateStats, KvCache};
 use dino_tokenizer::chat::{ChatMessage, ChatTemplate};
 use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -29,33 +29,8 @@ pub(crate) struct ChatArgs {
     /// Most tokens per reply.
     #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
     n_predict: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long = "temp", default_value_t = 0.8)]
-    temp: f32,
-    /// Keep only the k most likely tokens (0 = off).
-    #[arg(long = "top-k", default_value_t = 40)]
-    top_k: usize,
-    /// Nucleus sampling: keep the smallest set with this total probability (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95)]
-    top_p: f32,
-    /// Drop tokens less likely than min-p × the top token's probability (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05)]
-    min_p: f32,
-    /// Penalize repeated tokens (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// How many recent tokens the penalties consider.
-    #[arg(long = "repeat-last-n", default_value_t = 64)]
-    repeat_last_n: usize,
-    /// Subtract this × count of each recent token from its logit.
-    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
-    frequency_penalty: f32,
-    /// Subtract this from the logit of every recent token.
-    #[arg(long = "presence-penalty", default_value_t = 0.0)]
-    presence_penalty: f32,
-    /// Random seed (default: random); the same seed and messages reproduce the same replies.
-    #[arg(short = 's', long = "seed")]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 /// A conversation and what the KV cache holds of it.
@@ -192,25 +167,9 @@ pub(crate) fn cmd_chat(a: ChatArgs) -> Result<()> {
     }
     let ctx = engine.choose_ctx(a.model.ctx_size)?;
     let kv = engine.new_kv(ctx.n_ctx)?;
-    let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
     let params = GenerateParams {
         max_tokens: a.n_predict,
-        sampler: SamplerConfig {
-            temperature: a.temp,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            min_p: a.min_p,
-            repeat_penalty: a.repeat_penalty,
-            frequency_penalty: a.frequency_penalty,
-            presence_penalty: a.presence_penalty,
-            penalty_last_n: a.repeat_last_n,
-            seed,
-        },
+        sampler: a.sampling.config(),
         n_batch: 512,
         stop_at_eog: true,
     };

@@ -74,6 +74,61 @@ enum Cmd {
     Serve(serve::ServeArgs),
 }
 
+/// The sampler chain's flags, shared by `run` and `chat`.
+#[derive(Args)]
+struct SamplingArgs {
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temp: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling: keep the smallest set with this total probability (1 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than min-p × the top token's probability (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalize repeated tokens (1 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens the penalties consider.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Subtract this × count of each recent token from its logit.
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Subtract this from the logit of every recent token.
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Random seed (default: random); the same seed and input reproduce the same text.
+    #[arg(short = 's', long = "seed")]
+    seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The sampler configuration; without --seed, a seed from the clock.
+    fn config(&self) -> SamplerConfig {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+        SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            penalty_last_n: self.repeat_last_n,
+            seed,
+        }
+    }
+}
+
 #[derive(Args)]
 struct ModelArgs {
     /// Model: a GGUF file, a Hugging Face checkpoint directory (config.json, tokenizer.json,
@@ -113,33 +168,8 @@ struct RunArgs {
     /// Tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     n_predict: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long = "temp", default_value_t = 0.8)]
-    temp: f32,
-    /// Keep only the k most likely tokens (0 = off).
-    #[arg(long = "top-k", default_value_t = 40)]
-    top_k: usize,
-    /// Nucleus sampling: keep the smallest set with this total probability (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95)]
-    top_p: f32,
-    /// Drop tokens less likely than min-p × the top token's probability (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05)]
-    min_p: f32,
-    /// Penalize repeated tokens (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// How many recent tokens the penalties consider.
-    #[arg(long = "repeat-last-n", default_value_t = 64)]
-    repeat_last_n: usize,
-    /// Subtract this × count of each recent token from its logit.
-    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
-    frequency_penalty: f32,
-    /// Subtract this from the logit of every recent token.
-    #[arg(long = "presence-penalty", default_value_t = 0.0)]
-    presence_penalty: f32,
-    /// Random seed (default: random); the same seed reproduces the same text.
-    #[arg(short = 's', long = "seed")]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Keep generating past end-of-generation tokens.
     #[arg(long = "ignore-eos")]
     ignore_eos: bool,
@@ -295,25 +325,11 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         );
     }
     let mut kv = engine.new_kv(ctx.n_ctx)?;
-    let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
+    let sampler = a.sampling.config();
+    let seed = sampler.seed;
     let params = GenerateParams {
         max_tokens: a.n_predict,
-        sampler: SamplerConfig {
-            temperature: a.temp,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            min_p: a.min_p,
-            repeat_penalty: a.repeat_penalty,
-            frequency_penalty: a.frequency_penalty,
-            presence_penalty: a.presence_penalty,
-            penalty_last_n: a.repeat_last_n,
-            seed,
-        },
+        sampler,
         n_batch: 512,
         stop_at_eog: !a.ignore_eos,
     };

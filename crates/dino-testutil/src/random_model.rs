@@ -599,17 +599,16 @@ mod tests {
         }
     }
 
-    /// `phi3-longrope` holds `phi3`'s weights plus the two global factor tensors (F32,
-    /// `[n_rot/2]`, monotone, long above short) and the long-rope keys.
-    #[test]
-    fn long_rope_model_is_phi3_plus_factors() {
+    /// Write test models `a` and `b` (F32, their own seeds) and check that every tensor of `a`
+    /// is in `b` with the same shape, type and bytes.
+    fn same_weights(a: &str, b: &str) -> (GgufFile, GgufFile) {
         let models = arch_test_models();
         let get = |n: &str| models.iter().find(|m| m.0 == n).unwrap().clone();
-        let ((_, s, seed), (_, l, lseed)) = (get("phi3"), get("phi3-longrope"));
-        let (a, b) = (tmp("phi3.gguf"), tmp("phi3-longrope.gguf"));
-        write_random_model(&a, &s, GgmlType::F32, seed).unwrap();
-        write_random_model(&b, &l, GgmlType::F32, lseed).unwrap();
-        let (fa, fb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
+        let ((_, sa, seed_a), (_, sb, seed_b)) = (get(a), get(b));
+        let (pa, pb) = (tmp(&format!("{a}.gguf")), tmp(&format!("{b}.gguf")));
+        write_random_model(&pa, &sa, GgmlType::F32, seed_a).unwrap();
+        write_random_model(&pb, &sb, GgmlType::F32, seed_b).unwrap();
+        let (fa, fb) = (GgufFile::open(&pa).unwrap(), GgufFile::open(&pb).unwrap());
         for ta in fa.tensors() {
             let (tb, bytes) = fb.tensor(&ta.name).unwrap();
             assert_eq!((&ta.dims, ta.ty), (&tb.dims, tb.ty), "{}", ta.name);
@@ -619,6 +618,14 @@ mod tests {
                 ta.name
             );
         }
+        (fa, fb)
+    }
+
+    /// `phi3-longrope` holds `phi3`'s weights plus the two global factor tensors (F32,
+    /// `[n_rot/2]`, monotone, long above short) and the long-rope keys.
+    #[test]
+    fn long_rope_model_is_phi3_plus_factors() {
+        let (fa, fb) = same_weights("phi3", "phi3-longrope");
         assert_eq!(fb.tensors().len(), fa.tensors().len() + 2);
         let read = |n: &str| -> Vec<f32> {
             let (t, bytes) = fb.tensor(n).unwrap();
@@ -651,26 +658,11 @@ mod tests {
     /// The llama.cpp twin of `mistral-swa` holds the same weights, tensor for tensor.
     #[test]
     fn sliding_window_twin_has_the_same_weights() {
-        let models = arch_test_models();
-        let get = |n: &str| models.iter().find(|m| m.0 == n).unwrap().clone();
-        let (_, s, seed) = get("mistral-swa");
-        let (_, t, tseed) = get("mistral-swa.twin");
-        let (a, b) = (tmp("swa.gguf"), tmp("swa-twin.gguf"));
-        write_random_model(&a, &s, GgmlType::F32, seed).unwrap();
-        write_random_model(&b, &t, GgmlType::F32, tseed).unwrap();
-        let (fa, fb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
-        for ta in fa.tensors() {
-            let (tb, bytes) = fb.tensor(&ta.name).unwrap();
-            assert_eq!((&ta.dims, ta.ty), (&tb.dims, tb.ty), "{}", ta.name);
-            assert!(
-                fa.tensor_data(ta) == bytes,
-                "{}: different weights",
-                ta.name
-            );
-        }
+        let (fa, fb) = same_weights("mistral-swa", "mistral-swa.twin");
+        let n_layer = Shape::arch_test("mistral-swa").unwrap().n_layer;
         assert_eq!(
             fb.tensors().len(),
-            fa.tensors().len() + s.n_layer,
+            fa.tensors().len() + n_layer,
             "one sink per layer"
         );
     }

@@ -108,44 +108,33 @@ impl Storage {
     }
 }
 
-/// `madvise(MADV_DONTNEED)` on the whole pages inside `start..start+len` of a private anonymous
-/// map: the memory goes back to the OS and the range reads as zeros afterwards.
+/// Discard the pages of a private anonymous map inside `start..start+len`: the memory goes back
+/// to the OS and the range reads as zeros afterwards.
 fn discard_anon(m: &Mmap, start: u64, len: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let page = 4096u64;
-        let first = start.div_ceil(page) * page;
-        let end = (start.saturating_add(len) / page * page).min(m.len() as u64);
-        if end > first {
-            // SAFETY: the range lies inside the map (clamped). Its bytes become zeros:
-            // `GgufFile::release_range`'s contract is that released tensor data is not read
-            // again (its only caller releases a weight's source after copying it into the
-            // repacked layout, and no borrow of the range outlives that copy).
-            unsafe {
-                m.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    first as usize,
-                    (end - first) as usize,
-                )
-            }?;
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (m, start, len);
-    Ok(())
+    // SAFETY (of the advice): the bytes become zeros. `GgufFile::release_range`'s contract is
+    // that released tensor data is not read again (its only caller releases a weight's source
+    // after copying it into the repacked layout, and no borrow of the range outlives that copy).
+    dont_need(m, start, len)
 }
 
-/// `madvise(MADV_DONTNEED)` on the whole pages inside `start..start+len` of a read-only map.
+/// Release the pages of a private read-only file map inside `start..start+len`. No data is
+/// lost: the pages are re-read from the file if accessed again, and no reference into the range
+/// is invalidated (the bytes do not change).
 pub(crate) fn release_mapped(m: &Mmap, start: u64, len: u64) -> std::io::Result<()> {
+    dont_need(m, start, len)
+}
+
+/// `madvise(MADV_DONTNEED)` on the whole pages inside `start..start+len` (clamped to the map).
+/// What happens to the bytes depends on the map: see the two callers.
+fn dont_need(m: &Mmap, start: u64, len: u64) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         let page = 4096u64;
         let first = start.div_ceil(page) * page;
         let end = (start.saturating_add(len) / page * page).min(m.len() as u64);
         if end > first {
-            // SAFETY: the mapping is private and read-only, so MADV_DONTNEED loses no data: the
-            // pages are re-read from the file if accessed again. No reference into the range is
-            // invalidated (the bytes do not change). The range lies inside the map (clamped).
+            // SAFETY: the range lies inside the map (clamped); each caller states why changing
+            // or dropping those pages is sound for its kind of map.
             unsafe {
                 m.unchecked_advise_range(
                     memmap2::UncheckedAdvice::DontNeed,
