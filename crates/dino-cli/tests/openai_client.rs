@@ -3,52 +3,17 @@
 //! usage counts, stop strings, seeds, `n`, logprobs and error types. The checks live in
 //! `openai_client.py`; the Python and its venv are set up in the model cache on first use.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-/// The server process, killed when dropped.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{serve as start, Served};
 
 fn serve(extra: &[&str]) -> Served {
-    let model = dino_testutil::model("smollm2");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dino"))
-        .args(["serve", "-m", model.to_str().unwrap(), "--port", "0"])
-        .args(["--parallel", "4", "-t", "2"])
-        .args(extra)
-        .env(
-            "DINO_HOME",
-            std::env::temp_dir().join("dino-openai-test-home"),
-        )
-        .env_remove("DINO_API_KEY")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("dino serve starts");
-    // The address is announced on stderr once the model is loaded and the socket bound.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("dino serve exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split('/').next().unwrap().to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Served { child, addr }
+    let mut args = vec!["--parallel", "4"];
+    args.extend_from_slice(extra);
+    start("dino-openai-test-home", &args)
 }
 
 /// Runs the client script against `s`; panics with its output unless every check passed.
