@@ -364,14 +364,16 @@ fn run_products(
     }
     let n_threads = pool.n_threads();
     let row_chunk = |n_out: usize| {
-        if n_tokens == 1 {
-            // Decode streams the weights once: long contiguous chunks (about four per thread)
-            // keep each thread's reads one sequential stream for the prefetchers.
+        if n_tokens <= DECODE_TOKENS {
+            // Decode (one token, or one per sequence of a batch) streams the weights once:
+            // long contiguous chunks (about four per thread) keep each thread's reads one
+            // sequential stream for the prefetchers. The chunk's outputs fit the tile buffer.
+            let max_rows = (ROW_CHUNK_MAX * TOKEN_BLOCK / n_tokens) / ROWS * ROWS;
             n_out
                 .div_ceil(n_threads * 4)
                 .div_ceil(ROWS)
                 .saturating_mul(ROWS)
-                .clamp(8, ROW_CHUNK_MAX * TOKEN_BLOCK)
+                .clamp(8, max_rows)
         } else {
             ROW_CHUNK_MAX
         }
@@ -541,7 +543,10 @@ fn compute_tile(
     }
 }
 
-/// Largest row chunk of one work item.
+/// Batches of up to this many tokens are decode-like: their weights stream from memory once,
+/// in long per-thread chunks.
+const DECODE_TOKENS: usize = 16;
+/// Largest row chunk of one work item (in prompt batches).
 const ROW_CHUNK_MAX: usize = 32;
 /// Tokens per work item: their activations stay in L2 while the item's rows stream past.
 const TOKEN_BLOCK: usize = 64;

@@ -114,6 +114,116 @@ pub fn ggml_expf(x: f32) -> f32 {
     (j as f64 * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
 }
 
+/// 2^(i/32) rounded to the nearest double, i = 0..32: the table of glibc's `expf`.
+const EXP2_32: [u64; 32] = [
+    0x3ff0_0000_0000_0000,
+    0x3ff0_59b0_d315_8574,
+    0x3ff0_b558_6cf9_890f,
+    0x3ff1_1301_d012_5b51,
+    0x3ff1_72b8_3c7d_517b,
+    0x3ff1_d487_3168_b9aa,
+    0x3ff2_387a_6e75_6238,
+    0x3ff2_9e9d_f51f_dee1,
+    0x3ff3_06fe_0a31_b715,
+    0x3ff3_71a7_373a_a9cb,
+    0x3ff3_dea6_4c12_3422,
+    0x3ff4_4e08_6061_892d,
+    0x3ff4_bfda_d536_2a27,
+    0x3ff5_342b_569d_4f82,
+    0x3ff5_ab07_dd48_5429,
+    0x3ff6_247e_b03a_5585,
+    0x3ff6_a09e_667f_3bcd,
+    0x3ff7_1f75_e8ec_5f74,
+    0x3ff7_a114_73eb_0187,
+    0x3ff8_2589_994c_ce13,
+    0x3ff8_ace5_422a_a0db,
+    0x3ff9_3737_b0cd_c5e5,
+    0x3ff9_c491_82a3_f090,
+    0x3ffa_5503_b23e_255d,
+    0x3ffa_e89f_995a_d3ad,
+    0x3ffb_7f76_f2fb_5e47,
+    0x3ffc_199b_dd85_529c,
+    0x3ffc_b720_dcef_9069,
+    0x3ffd_5818_dcfb_a487,
+    0x3ffd_fc97_337b_9b5f,
+    0x3ffe_a4af_a2a4_90da,
+    0x3fff_5076_5b6e_4540,
+];
+
+/// The constants of [`expf_glibc`] (glibc's `__exp2f_data`): the table with each entry's
+/// exponent offset taken out (`bits(2^(i/32)) - (i << 47)`, so adding `k << 47` for any `k`
+/// with `k % 32 == i` gives `bits(2^(k/32))`), 32/ln 2, the rounding shift and the
+/// polynomial.
+pub(crate) mod expf_consts {
+    pub const TAB: [u64; 32] = {
+        let mut t = super::EXP2_32;
+        let mut i = 0;
+        while i < 32 {
+            t[i] = t[i].wrapping_sub((i as u64) << 47);
+            i += 1;
+        }
+        t
+    };
+    pub const INV_LN2_32: u64 = 0x4047_1547_652b_82fe;
+    pub const SHIFT: u64 = 0x4338_0000_0000_0000;
+    pub const C0: u64 = 0x3ebc_6af8_4b91_2394;
+    pub const C1: u64 = 0x3f2e_bfce_50fa_c4f3;
+    pub const C2: u64 = 0x3f96_2e42_ff0c_52d6;
+    /// |x| at or above 88 (by its top 12 bits) takes the special cases.
+    pub const SPECIAL_TOP: u32 = 0x42b;
+    /// Above ln(2^128): overflow to infinity.
+    pub const OVERFLOW: u32 = 0x42b1_7217;
+    /// Below ln(2^-150): zero.
+    pub const UNDERFLOW: u32 = 0xc2cf_f1b4;
+    /// Below ln(2^-149): the least subnormal (glibc's "may underflow" result).
+    pub const MAY_UNDERFLOW: u32 = 0xc2ce_8ecf;
+}
+
+/// `e^x` bit for bit as glibc's `expf` computes it on an FMA machine (the `__expf_fma` variant
+/// its ifunc picks): `x·32/ln 2` split into `k + r` in double, `2^(k/32)` from a 32-entry table,
+/// a cubic in `r`, one rounding to float. llama.cpp's decode attention calls `expf` for its
+/// softmax; with this form the SIMD kernels compute the same exponentials 8 at a time, and the
+/// results do not depend on the platform's libm.
+#[inline]
+pub fn expf_glibc(x: f32) -> f32 {
+    use expf_consts::*;
+    let bits = x.to_bits();
+    if (bits >> 20) & 0x7ff >= SPECIAL_TOP {
+        if let Some(y) = expf_special(x) {
+            return y;
+        }
+    }
+    let xd = x as f64;
+    let (inv, shift) = (f64::from_bits(INV_LN2_32), f64::from_bits(SHIFT));
+    let kd = xd.mul_add(inv, shift);
+    let ki = kd.to_bits();
+    let kd = kd - shift;
+    let r = inv.mul_add(xd, -kd);
+    let s = f64::from_bits(TAB[(ki & 31) as usize].wrapping_add(ki << 47));
+    let z = r.mul_add(f64::from_bits(C0), f64::from_bits(C1));
+    let y = r.mul_add(f64::from_bits(C2), 1.0);
+    (z.mul_add(r * r, y) * s) as f32
+}
+
+/// The special cases of [`expf_glibc`] for `|x| >= 88`: `None` where the main path applies.
+#[inline]
+pub(crate) fn expf_special(x: f32) -> Option<f32> {
+    use expf_consts::*;
+    if x == f32::NEG_INFINITY {
+        Some(0.0)
+    } else if x.is_nan() || x.is_infinite() {
+        Some(x + x)
+    } else if x > f32::from_bits(OVERFLOW) {
+        Some(f32::INFINITY)
+    } else if x < f32::from_bits(UNDERFLOW) {
+        Some(0.0)
+    } else if x < f32::from_bits(MAY_UNDERFLOW) {
+        Some(f32::from_bits(1))
+    } else {
+        None
+    }
+}
+
 /// ggml's vectorized SiLU: `x / (1 + e^-x)` with [`ggml_expf`].
 #[inline]
 pub fn silu(x: f32) -> f32 {
@@ -428,12 +538,12 @@ pub fn attend_head_decode_scalar(
         if score > max {
             let old = max;
             max = score;
-            ms = (old - max).exp();
+            ms = expf_glibc(old - max);
             for a in acc.iter_mut() {
                 *a = f16::from_f32(*a * ms).to_f32();
             }
         } else {
-            vs = (score - max).exp();
+            vs = expf_glibc(score - max);
         }
         let vr = &v[p * row + off..p * row + off + hd];
         for i in 0..hd {
@@ -716,6 +826,61 @@ mod tests {
             // f16 accumulation: ~1e-3 relative.
             assert!((a[i] - b[i]).abs() < 5e-3, "{i}: {} vs {}", a[i], b[i]);
         }
+    }
+
+    /// `expf_glibc` is glibc's `expf` bit for bit (where the C library is glibc): every float
+    /// from -110 to 90 at a stride of 97 ulps, and the special values; elsewhere within 1 ulp.
+    #[test]
+    fn expf_glibc_equals_the_c_librarys_expf() {
+        let exact = cfg!(all(target_os = "linux", target_env = "gnu"));
+        let mut checked = 0;
+        let mut check = |x: f32| {
+            let (a, b) = (expf_glibc(x), x.exp());
+            if exact || a.is_nan() || b.is_nan() || a == b {
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "{x:e}: {a:e} vs {b:e}"
+                );
+            } else {
+                assert!(
+                    (a.to_bits() as i64 - b.to_bits() as i64).abs() <= 1,
+                    "{x:e}: {a:e} vs {b:e}"
+                );
+            }
+            checked += 1;
+        };
+        for bits in (0u32..=0x42b4_0000)
+            .step_by(97)
+            .chain((0x8000_0000u32..=0xc2dc_0000).step_by(97))
+        {
+            check(f32::from_bits(bits));
+        }
+        for x in [
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            -0.0,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+            -103.97,
+            -103.28,
+            -103.2,
+            -88.0,
+            -87.9,
+            88.0,
+            88.72,
+            88.73,
+            -200.0,
+            f32::from_bits(expf_consts::OVERFLOW),
+            f32::from_bits(expf_consts::UNDERFLOW),
+            f32::from_bits(expf_consts::MAY_UNDERFLOW),
+        ] {
+            check(x);
+            check(f32::from_bits(x.to_bits().wrapping_add(1)));
+            check(f32::from_bits(x.to_bits().wrapping_sub(1)));
+        }
+        assert!(checked > 20_000_000);
     }
 
     #[test]

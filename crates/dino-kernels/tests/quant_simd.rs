@@ -452,7 +452,7 @@ fn attend_decode_simd_equals_scalar() {
     for isa in simd_levels() {
         let k = op_kernels_for(isa).unwrap();
         for &(hd, n_head_kv) in &[(64usize, 2usize), (128, 1), (80, 3), (72, 2)] {
-            for &n_pos in &[1usize, 2, 17, 300] {
+            for &n_pos in &[1usize, 2, 17, 259, 300] {
                 for &scale in &[1.0f32, 30.0, 3000.0] {
                     let row = n_head_kv * hd;
                     let mk = |rng: &mut StdRng| -> Vec<f16> {

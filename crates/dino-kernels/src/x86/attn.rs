@@ -137,8 +137,238 @@ unsafe fn attend_decode_avx2(
 ) {
     let span = MAX_GROUP * s.head_dim;
     for (qg, og) in q.chunks(span).zip(out.chunks_mut(span)) {
-        attend_group(qg, k, v, n_pos, kv_head, s, og);
+        match s.head_dim {
+            64 => attend_group_3pass::<8>(qg, k, v, n_pos, kv_head, s, og),
+            128 => attend_group_3pass::<16>(qg, k, v, n_pos, kv_head, s, og),
+            _ => attend_group(qg, k, v, n_pos, kv_head, s, og),
+        }
     }
+}
+
+/// Positions per pass of [`attend_group_3pass`].
+const CHUNK: usize = 256;
+
+/// [`attend_group`] for a head size of `8 * NV`, in three passes over each chunk of positions,
+/// with the same arithmetic in the same order: every score (each K row converted once for the
+/// whole group); then each head's running maximum, exponentials and sum (scalar, as before);
+/// then each head's f16-rounded accumulator over the values, held in `NV` registers instead of
+/// memory. The passes remove the dependency of the next score on the softmax update, so the
+/// exponentials and the accumulator chains no longer wait on each other.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_group_3pass<const NV: usize>(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    n_pos: usize,
+    kv_head: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    let hd = 8 * NV;
+    debug_assert_eq!(s.head_dim, hd);
+    let g = q.len() / hd;
+    let row = s.n_head_kv * hd;
+    let off = kv_head * hd;
+    assert!(g <= MAX_GROUP && out.len() >= g * hd);
+    assert!(n_pos == 0 || k.len().min(v.len()) >= (n_pos - 1) * row + off + hd);
+    // The queries rounded to f16, as 8-lane vectors.
+    let mut qh = [[_mm256_setzero_ps(); NV]; MAX_GROUP];
+    for (h, qh) in qh.iter_mut().enumerate().take(g) {
+        for (j, x) in qh.iter_mut().enumerate() {
+            *x = round_f16(load_f32x8(&q[h * hd + 8 * j..]));
+        }
+    }
+    let mut acc = [[_mm256_setzero_ps(); NV]; MAX_GROUP];
+    let mut max = [f32::NEG_INFINITY; MAX_GROUP];
+    let mut sum = [0f32; MAX_GROUP];
+    let mut score = [[0f32; CHUNK]; MAX_GROUP];
+    let mut mss = [[0f32; CHUNK]; MAX_GROUP];
+    let mut vss = [[0f32; CHUNK]; MAX_GROUP];
+    for c0 in (0..n_pos).step_by(CHUNK) {
+        let nc = (n_pos - c0).min(CHUNK);
+        for i in 0..nc {
+            let kr = &k[(c0 + i) * row + off..][..hd];
+            let kf: [__m256; NV] = std::array::from_fn(|j| load_f16x8(&kr[8 * j..]));
+            for h in 0..g {
+                score[h][i] = dot_ggml_order::<NV>(&kf, &qh[h]) * s.scale;
+            }
+        }
+        for h in 0..g {
+            // The running maximum first: each position's exponent is `old max - score` at a
+            // new maximum and `score - max` otherwise; then the exponentials 8 at a time
+            // (glibc's `expf`, bit for bit); then the sum in order.
+            let mut m = max[h];
+            for i in 0..nc {
+                let sc = score[h][i];
+                if sc > m {
+                    mss[h][i] = m - sc;
+                    vss[h][i] = f32::NAN;
+                    m = sc;
+                } else {
+                    mss[h][i] = sc - m;
+                    vss[h][i] = 1.0;
+                }
+            }
+            max[h] = m;
+            expf_in_place(&mut mss[h][..nc]);
+            let mut sm = sum[h];
+            for i in 0..nc {
+                let e = mss[h][i];
+                let (ms, vs) = if vss[h][i].is_nan() {
+                    (e, 1.0)
+                } else {
+                    (1.0, e)
+                };
+                mss[h][i] = ms;
+                vss[h][i] = vs;
+                sm = sm.mul_add(ms, vs); // contracted as GCC compiles ggml's `S*ms + vs`
+            }
+            sum[h] = sm;
+        }
+        // Two heads at a time: their accumulator chains are independent, so each hides the
+        // other's convert-round-FMA latency.
+        let mut h = 0;
+        while h < g {
+            let hb = (g - h).min(2);
+            let (lo, hi) = acc.split_at_mut(h + 1);
+            let a0 = &mut lo[h];
+            let mut a1 = if hb == 2 {
+                hi[0]
+            } else {
+                [_mm256_setzero_ps(); NV]
+            };
+            let mut a0v = *a0;
+            for i in 0..nc {
+                let vr = &v[(c0 + i) * row + off..][..hd];
+                let vf: [__m256; NV] = std::array::from_fn(|j| load_f16x8(&vr[8 * j..]));
+                v_step(&mut a0v, &vf, mss[h][i], vss[h][i]);
+                if hb == 2 {
+                    v_step(&mut a1, &vf, mss[h + 1][i], vss[h + 1][i]);
+                }
+            }
+            *a0 = a0v;
+            if hb == 2 {
+                hi[0] = a1;
+            }
+            h += hb;
+        }
+    }
+    for h in 0..g {
+        let inv = if sum[h] == 0.0 { 0.0 } else { 1.0 / sum[h] };
+        let iv = _mm256_set1_ps(inv);
+        for (j, &x) in acc[h].iter().enumerate() {
+            store_f32x8(&mut out[h * hd + 8 * j..], _mm256_mul_ps(x, iv));
+        }
+    }
+}
+
+/// `x[i] = expf_glibc(x[i])`, 8 at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn expf_in_place(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        store_f32x8(c, expf8(load_f32x8(c)));
+    }
+    for v in chunks.into_remainder() {
+        *v = crate::ops::expf_glibc(*v);
+    }
+}
+
+/// [`crate::ops::expf_glibc`] of 8 lanes: the same double-precision steps 4 lanes at a time
+/// (the table read by a gather); lanes with `|x| >= 88` take the scalar special cases.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn expf8(x: __m256) -> __m256 {
+    use crate::ops::expf_consts::*;
+    let inv = _mm256_set1_pd(f64::from_bits(INV_LN2_32));
+    let shift = _mm256_set1_pd(f64::from_bits(SHIFT));
+    let (c0, c1, c2) = (
+        _mm256_set1_pd(f64::from_bits(C0)),
+        _mm256_set1_pd(f64::from_bits(C1)),
+        _mm256_set1_pd(f64::from_bits(C2)),
+    );
+    let half = |xd: __m256d| -> __m128 {
+        let kd = _mm256_fmadd_pd(xd, inv, shift);
+        let ki = _mm256_castpd_si256(kd);
+        let kd = _mm256_sub_pd(kd, shift);
+        let r = _mm256_fmsub_pd(inv, xd, kd);
+        let idx = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+        // SAFETY (of the gather): every index is below 32, the table's length.
+        let t = _mm256_i64gather_epi64::<8>(TAB.as_ptr().cast(), idx);
+        let s = _mm256_castsi256_pd(_mm256_add_epi64(t, _mm256_slli_epi64::<47>(ki)));
+        let z = _mm256_fmadd_pd(r, c0, c1);
+        let y = _mm256_fmadd_pd(r, c2, _mm256_set1_pd(1.0));
+        let y = _mm256_fmadd_pd(z, _mm256_mul_pd(r, r), y);
+        _mm256_cvtpd_ps(_mm256_mul_pd(y, s))
+    };
+    let lo = half(_mm256_cvtps_pd(_mm256_castps256_ps128(x)));
+    let hi = half(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x)));
+    let mut y = _mm256_set_m128(hi, lo);
+    let top = _mm256_and_si256(
+        _mm256_srli_epi32::<20>(_mm256_castps_si256(x)),
+        _mm256_set1_epi32(0x7ff),
+    );
+    let special = _mm256_cmpgt_epi32(top, _mm256_set1_epi32(SPECIAL_TOP as i32 - 1));
+    if _mm256_movemask_epi8(special) != 0 {
+        let mut xs = [0f32; 8];
+        let mut ys = [0f32; 8];
+        _mm256_storeu_ps(xs.as_mut_ptr(), x);
+        _mm256_storeu_ps(ys.as_mut_ptr(), y);
+        for (yv, &xv) in ys.iter_mut().zip(&xs) {
+            if let Some(e) = crate::ops::expf_special(xv) {
+                *yv = e;
+            }
+        }
+        y = _mm256_loadu_ps(ys.as_ptr());
+    }
+    y
+}
+
+/// One position of a head's value pass: a new maximum (`ms` ≠ 1) rescales the f16 accumulator
+/// (a factor of exactly 1 would leave its f16 values unchanged, so it is skipped), then
+/// `acc = round_f16(v · vs + acc)`.
+#[inline(always)]
+unsafe fn v_step<const NV: usize>(a: &mut [__m256; NV], vf: &[__m256; NV], ms: f32, vs: f32) {
+    if ms != 1.0 {
+        let m = _mm256_set1_ps(ms);
+        for x in a.iter_mut() {
+            *x = round_f16(_mm256_mul_ps(*x, m));
+        }
+    }
+    let w = _mm256_set1_ps(vs);
+    for (x, &vv) in a.iter_mut().zip(vf) {
+        *x = round_f16(_mm256_fmadd_ps(vv, w, *x));
+    }
+}
+
+/// [`dot_f16_ggml_order`] of a K row already converted to f32 with a query row in registers
+/// (`8 * NV` elements, a whole number of its 64-element steps: `NV` is 8 or 16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_ggml_order<const NV: usize>(kf: &[__m256; NV], q: &[__m256; NV]) -> f32 {
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    // Element 64·step + 16·j + 8·h is vector 8·step + 2·j + h.
+    for step in 0..NV / 8 {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (h, a) in a.iter_mut().enumerate() {
+                let x = 8 * step + 2 * j + h;
+                *a = _mm256_fmadd_ps(kf[x], q[x], *a);
+            }
+        }
+    }
+    let a: [__m256; 2] = std::array::from_fn(|h| {
+        _mm256_add_ps(
+            _mm256_add_ps(acc[0][h], acc[2][h]),
+            _mm256_add_ps(acc[1][h], acc[3][h]),
+        )
+    });
+    let t3 = _mm256_add_ps(a[1], a[0]);
+    let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+    // (t0 + t2) + (t1 + t3).
+    let t8 = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+    _mm_cvtss_f32(_mm_add_ss(t8, _mm_shuffle_ps::<1>(t8, t8)))
 }
 
 #[inline]

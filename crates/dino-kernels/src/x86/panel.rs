@@ -222,7 +222,7 @@ impl X16 for Q6K {
 
 /// 16 rows of one group × `N` tokens from `acts` (activation rows of `ab` bytes).
 #[inline(always)]
-unsafe fn micro<K: X16, const N: usize>(
+unsafe fn micro<K: X16, const N: usize, const PF: bool>(
     group: *const u8,
     n: usize,
     acts: *const u8,
@@ -243,8 +243,8 @@ unsafe fn micro<K: X16, const N: usize>(
         let p = group.add(u * K::UNIT_BYTES);
         let us = K::unit(p);
         for blk in 0..nb {
-            if N == 1 {
-                // Decode streams the weights once: ask for every line of the unit
+            if PF {
+                // The first pass over a group streams its weights from memory: ask for every line of the unit
                 // `PREFETCH_BYTES` ahead, a block's share at a time so the requests do not
                 // arrive in one burst (hints only; `wrapping_add` keeps the addresses defined).
                 let lines = K::UNIT_BYTES.div_ceil(64);
@@ -305,15 +305,29 @@ macro_rules! micro_tiles {
                     out.add(t0 * $t.n_rows + g * ROWS),
                 );
                 let stride = $t.n_rows;
-                match nt {
-                    8 => $micro::<$($k,)* 8>(gp, n, ap, ab, op, stride),
-                    7 => $micro::<$($k,)* 7>(gp, n, ap, ab, op, stride),
-                    6 => $micro::<$($k,)* 6>(gp, n, ap, ab, op, stride),
-                    5 => $micro::<$($k,)* 5>(gp, n, ap, ab, op, stride),
-                    4 => $micro::<$($k,)* 4>(gp, n, ap, ab, op, stride),
-                    3 => $micro::<$($k,)* 3>(gp, n, ap, ab, op, stride),
-                    2 => $micro::<$($k,)* 2>(gp, n, ap, ab, op, stride),
-                    _ => $micro::<$($k,)* 1>(gp, n, ap, ab, op, stride),
+                // The first micro-tile of a group reads its weights from memory: it prefetches.
+                if t0 == 0 {
+                    match nt {
+                        8 => $micro::<$($k,)* 8, true>(gp, n, ap, ab, op, stride),
+                        7 => $micro::<$($k,)* 7, true>(gp, n, ap, ab, op, stride),
+                        6 => $micro::<$($k,)* 6, true>(gp, n, ap, ab, op, stride),
+                        5 => $micro::<$($k,)* 5, true>(gp, n, ap, ab, op, stride),
+                        4 => $micro::<$($k,)* 4, true>(gp, n, ap, ab, op, stride),
+                        3 => $micro::<$($k,)* 3, true>(gp, n, ap, ab, op, stride),
+                        2 => $micro::<$($k,)* 2, true>(gp, n, ap, ab, op, stride),
+                        _ => $micro::<$($k,)* 1, true>(gp, n, ap, ab, op, stride),
+                    }
+                } else {
+                    match nt {
+                        8 => $micro::<$($k,)* 8, false>(gp, n, ap, ab, op, stride),
+                        7 => $micro::<$($k,)* 7, false>(gp, n, ap, ab, op, stride),
+                        6 => $micro::<$($k,)* 6, false>(gp, n, ap, ab, op, stride),
+                        5 => $micro::<$($k,)* 5, false>(gp, n, ap, ab, op, stride),
+                        4 => $micro::<$($k,)* 4, false>(gp, n, ap, ab, op, stride),
+                        3 => $micro::<$($k,)* 3, false>(gp, n, ap, ab, op, stride),
+                        2 => $micro::<$($k,)* 2, false>(gp, n, ap, ab, op, stride),
+                        _ => $micro::<$($k,)* 1, false>(gp, n, ap, ab, op, stride),
+                    }
                 }
                 t0 += nt;
             }
@@ -343,7 +357,7 @@ fn tile<K: X16>(t: &mut Tile) {
 /// The F16 layout: 16 rows' halves per element, converted once and used by every token of
 /// the micro-tile; two FMA chains (even / odd elements) per output, as the reference.
 #[inline(always)]
-unsafe fn micro_f16<const N: usize>(
+unsafe fn micro_f16<const N: usize, const PF: bool>(
     group: *const u8,
     n: usize,
     acts: *const u8,
@@ -355,7 +369,7 @@ unsafe fn micro_f16<const N: usize>(
     for e0 in (0..n).step_by(32) {
         let p = group.add(32 * e0);
         for e in (0..32).step_by(2) {
-            if N == 1 {
+            if PF {
                 // One of the 16 lines of these 32 elements per step, 4 KiB ahead (as `micro`).
                 let ahead = p.cast::<i8>().wrapping_add(PREFETCH_BYTES);
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(32 * e));
