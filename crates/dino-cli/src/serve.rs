@@ -38,6 +38,11 @@ pub(crate) struct ServeArgs {
     /// per sequence: the model's trained context, at most 4096).
     #[arg(long = "parallel", visible_alias = "np", default_value_t = 4)]
     parallel: usize,
+    /// Memory for the KV cache, shared by all sequences in blocks of 16 positions (e.g. 512M,
+    /// 2G; default: --parallel × --ctx-size positions). With less, sequences that outgrow it
+    /// are preempted and resumed later; cached prompt prefixes are kept in what is left.
+    #[arg(long = "kv-memory", value_parser = parse_size)]
+    kv_memory: Option<u64>,
     /// Most tokens in one forward pass (decode tokens of every sequence plus prompt chunks).
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch_size: usize,
@@ -181,7 +186,10 @@ impl Backend for EngineBackend {
             queue_depth: s.queue_depth,
             running: s.running,
             kv_blocks_used: s.kv_blocks_used,
+            kv_blocks_cached: s.kv_blocks_cached,
             kv_blocks_total: s.kv_blocks_total,
+            prefix_tokens_reused: s.prefix_tokens_reused,
+            preemptions: s.preemptions,
         }
     }
 }
@@ -229,6 +237,36 @@ impl TokenTexts {
     }
 }
 
+/// A byte size: a number with an optional K, M, G or T suffix (powers of 1024; `KiB`, `MB`
+/// and the like are read the same way).
+pub(crate) fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let x: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G, 1073741824)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches(['b', 'i'])
+    {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    let bytes = x * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 / 2.0 {
+        return Err(format!("{s:?} is not a usable size"));
+    }
+    Ok(bytes as u64)
+}
+
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
@@ -248,6 +286,14 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
                 .map_or(m.clone(), |s| s.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "SmolLM2-135M-Instruct.Q4_1".into());
+    let block_bytes = dino_engine::KvCache::block_bytes(engine.model.kv_shape());
+    let kv_blocks = a.kv_memory.map(|m| (m / block_bytes) as usize);
+    if let Some(b) = kv_blocks.filter(|&b| b < 2) {
+        anyhow::bail!(
+            "--kv-memory {} holds {b} KV blocks of {block_bytes} bytes; this model needs at least 2",
+            a.kv_memory.unwrap_or(0)
+        );
+    }
     let backend = Arc::new(EngineBackend::new(
         engine.clone(),
         BatchConfig {
@@ -255,6 +301,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
             n_seq: a.parallel.max(1),
             n_batch: a.batch_size.max(1),
             max_queue: a.max_queue,
+            kv_blocks,
         },
         model_id.clone(),
     )?);
@@ -296,4 +343,22 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
             .await
             .context("serving")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_bad_ones_are_named() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GB"), Ok(3 << 29));
+        assert_eq!(parse_size(" 64k "), Ok(64 << 10));
+        for bad in ["", "M", "12Q", "-5M", "0", "1e400", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
 }

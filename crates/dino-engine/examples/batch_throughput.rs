@@ -36,6 +36,7 @@ fn main() {
                 n_seq: clients,
                 n_batch: 512,
                 max_queue: 64,
+                kv_blocks: None,
             },
         )
         .unwrap();

@@ -11,13 +11,22 @@
 //! context. A request whose receiver is dropped (the client went away) is cancelled at the
 //! next step and its slot freed.
 //!
-//! The KV cache has one slot of `n_ctx` positions per parallel sequence.
+//! The KV cache is paged: blocks of [`KV_BLOCK`] positions from one pool (`kv_blocks` of them,
+//! by default enough for `n_seq` sequences of `n_ctx`), handed out as sequences grow
+//! ([`crate::blocks::BlockPool`]). Full blocks are indexed by content, so a request whose prompt
+//! starts like an earlier one (a system prompt, a chat's history) points at those blocks
+//! instead of computing them, whichever sequence computed them. A sequence that must write into
+//! a shared block copies it first. When a running sequence needs a block and none is left, the
+//! sequence admitted last is preempted: its blocks go back, and it waits at the head of the
+//! queue to be recomputed (mostly from the index) and continued.
 
+use crate::blocks::{block_key, chain_hash, BlockPool};
 use crate::{Engine, Sampler, SamplerConfig};
 use dino_core::{Error, Result};
+pub use dino_models::KV_BLOCK;
 use dino_models::{Batch, KvCache, Logits};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -33,6 +42,21 @@ pub struct BatchConfig {
     pub n_batch: usize,
     /// Requests that may wait for a slot; more are refused with [`SubmitError::QueueFull`].
     pub max_queue: usize,
+    /// KV-cache blocks of [`KV_BLOCK`] positions in all; `None`: `n_seq` × `n_ctx` positions.
+    pub kv_blocks: Option<usize>,
+}
+
+impl BatchConfig {
+    /// The KV-cache blocks this configuration gives the pool.
+    pub fn n_blocks(&self) -> usize {
+        self.kv_blocks
+            .unwrap_or(self.n_seq * self.n_ctx.div_ceil(KV_BLOCK))
+    }
+
+    /// Most positions one sequence can hold: the context, or all the blocks if fewer.
+    pub fn max_positions(&self) -> usize {
+        self.n_ctx.min(self.n_blocks() * KV_BLOCK)
+    }
 }
 
 impl Default for BatchConfig {
@@ -42,6 +66,7 @@ impl Default for BatchConfig {
             n_seq: 4,
             n_batch: 512,
             max_queue: 64,
+            kv_blocks: None,
         }
     }
 }
@@ -127,17 +152,17 @@ pub struct BatchStats {
     pub queue_depth: usize,
     pub running: usize,
     pub n_seq: usize,
-    /// Prompt tokens whose KV was reused from an earlier sequence of the same slot instead of
-    /// being computed (since start).
+    /// Prompt tokens whose KV was found in the prefix index instead of being computed (since
+    /// start).
     pub prefix_tokens_reused: u64,
-    /// KV-cache blocks of [`KV_BLOCK`] positions holding tokens (running sequences and the
-    /// prefixes kept for reuse), and all there are.
+    /// KV-cache blocks of [`KV_BLOCK`] positions held by sequences, kept only for reuse (the
+    /// prefix index's idle blocks, given back when needed), and all there are.
     pub kv_blocks_used: usize,
+    pub kv_blocks_cached: usize,
     pub kv_blocks_total: usize,
+    /// Sequences preempted for want of KV blocks (since start).
+    pub preemptions: u64,
 }
-
-/// Positions per KV-cache block in [`BatchStats`].
-pub const KV_BLOCK: usize = 16;
 
 struct Pending {
     req: GenRequest,
@@ -147,8 +172,10 @@ struct Pending {
 struct Shared {
     queued: AtomicUsize,
     running: AtomicUsize,
-    reused: std::sync::atomic::AtomicU64,
+    reused: AtomicU64,
     blocks_used: AtomicUsize,
+    blocks_cached: AtomicUsize,
+    preemptions: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -163,21 +190,33 @@ pub struct BatchEngine {
 }
 
 impl BatchEngine {
-    /// Start the loop on its own thread, with a KV cache of `n_seq` slots of `n_ctx`.
+    /// Start the loop on its own thread, with a paged KV cache of `cfg.n_blocks()` blocks.
     pub fn start(engine: Arc<Engine>, cfg: BatchConfig) -> Result<BatchEngine> {
         if cfg.n_seq == 0 || cfg.n_ctx < 2 || cfg.n_batch == 0 {
             return Err(Error::invalid(
                 "batched engine: n_seq, n_batch must be positive and n_ctx at least 2",
             ));
         }
-        let kv = engine.new_kv_seqs(cfg.n_ctx, cfg.n_seq)?;
+        if cfg.n_blocks() < 2 {
+            return Err(Error::invalid(format!(
+                "batched engine: the KV cache needs at least 2 blocks of {KV_BLOCK} positions"
+            )));
+        }
+        let kv = KvCache::paged(
+            engine.model.kv_shape(),
+            cfg.n_ctx,
+            cfg.n_seq,
+            cfg.n_blocks(),
+        )?;
         let n_vocab = engine.model.info().hparams.n_vocab;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
-            reused: std::sync::atomic::AtomicU64::new(0),
+            reused: AtomicU64::new(0),
             blocks_used: AtomicUsize::new(0),
+            blocks_cached: AtomicUsize::new(0),
+            preemptions: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let (c, s) = (cfg.clone(), shared.clone());
@@ -209,10 +248,10 @@ impl BatchEngine {
                 "the prompt is empty (no tokens)".into(),
             ));
         }
-        if req.prompt.len() >= self.cfg.n_ctx {
+        if req.prompt.len() >= self.cfg.max_positions() {
             return Err(SubmitError::PromptTooLong {
                 n_prompt: req.prompt.len(),
-                n_ctx: self.cfg.n_ctx,
+                n_ctx: self.cfg.max_positions(),
             });
         }
         // A bad id would fail the whole shared forward pass: refuse it here.
@@ -243,7 +282,9 @@ impl BatchEngine {
             n_seq: self.cfg.n_seq,
             prefix_tokens_reused: self.shared.reused.load(Ordering::SeqCst),
             kv_blocks_used: self.shared.blocks_used.load(Ordering::SeqCst),
-            kv_blocks_total: self.cfg.n_seq * self.cfg.n_ctx.div_ceil(KV_BLOCK),
+            kv_blocks_cached: self.shared.blocks_cached.load(Ordering::SeqCst),
+            kv_blocks_total: self.cfg.n_blocks(),
+            preemptions: self.shared.preemptions.load(Ordering::SeqCst),
         }
     }
 }
@@ -267,44 +308,146 @@ struct Seq<'a> {
     sampler: Sampler,
     /// Prompt and generated tokens.
     history: Vec<u32>,
-    /// Prompt tokens already in the cache.
+    /// Tokens of [`Seq::target`] in the cache.
     prefilled: usize,
     /// The token to feed next (the last sampled one), once the prompt is in.
     next: Option<u32>,
     generated: usize,
     decoder: dino_tokenizer::StreamDecoder<'a>,
     stops: StopMatcher,
+    /// Leading blocks of the table already in the prefix index, and the hash of their tokens.
+    n_indexed: usize,
+    hash: u64,
+    /// Admission order (the last admitted is preempted first).
+    admitted: u64,
 }
 
 impl Seq<'_> {
-    /// The tokens whose keys and values are in the slot: the history but the last sampled
-    /// token (not fed yet), or the prompt's prefilled part.
-    fn in_cache(&self) -> &[u32] {
-        if self.next.is_some() || self.generated > 0 {
+    /// The tokens that must be in the cache before the next decode step: the prompt, or once
+    /// generating, the history but the last sampled token (fed by that step).
+    fn target(&self) -> &[u32] {
+        if self.next.is_some() {
             &self.history[..self.history.len() - 1]
         } else {
-            &self.req.prompt[..self.prefilled]
+            &self.req.prompt
+        }
+    }
+
+    /// The tokens whose keys and values are in the cache, in position order.
+    fn in_cache(&self) -> &[u32] {
+        &self.target()[..self.prefilled]
+    }
+
+    fn decoding(&self) -> bool {
+        self.next.is_some() && self.prefilled == self.target().len()
+    }
+}
+
+/// A request waiting for a slot: new, or preempted (its state kept, its cache to recompute).
+enum Waiting<'a> {
+    New(Pending),
+    Resumed(Box<Seq<'a>>),
+}
+
+impl Waiting<'_> {
+    fn closed(&self) -> bool {
+        match self {
+            Waiting::New(p) => p.tx.is_closed(),
+            Waiting::Resumed(q) => q.tx.is_closed(),
+        }
+    }
+}
+
+/// The loop's KV state: the cache, its block pool and the counters it reports.
+struct Blocks {
+    kv: KvCache,
+    pool: BlockPool,
+}
+
+impl Blocks {
+    /// Give back every block of `slot`'s table.
+    fn free_seq(&mut self, slot: usize) {
+        for &b in self.kv.table(slot) {
+            self.pool.release(b);
+        }
+        self.kv.truncate_table(slot, 0);
+    }
+
+    /// Make position `pos` of `slot` writable: a new block at the table's end, or a private
+    /// copy of a shared one. `false` when no block is left.
+    fn ensure(&mut self, slot: usize, pos: usize) -> bool {
+        let i = pos / KV_BLOCK;
+        let len = self.kv.table(slot).len();
+        debug_assert!(i <= len, "positions are written in order");
+        if i == len {
+            let Some(b) = self.pool.alloc() else {
+                return false;
+            };
+            self.kv
+                .push_block(slot, b)
+                .expect("the pool's blocks are the cache's and positions stay under n_ctx");
+        } else {
+            let old = self.kv.table(slot)[i];
+            if self.pool.holders(old) > 1 {
+                let Some(b) = self.pool.alloc() else {
+                    return false;
+                };
+                self.kv.copy_block(old, b);
+                self.kv.set_block(slot, i, b).expect("a block of the pool");
+                self.pool.release(old);
+            }
+        }
+        true
+    }
+
+    /// Make positions `pos..pos + n` of `slot` writable, as far as blocks last: how many are.
+    fn ensure_range(&mut self, slot: usize, pos: usize, n: usize) -> usize {
+        let mut p = pos;
+        while p < pos + n {
+            if !self.ensure(slot, p) {
+                break;
+            }
+            p = ((p / KV_BLOCK) + 1) * KV_BLOCK;
+        }
+        p.min(pos + n) - pos
+    }
+
+    /// Index the full blocks of `q` (in `slot`) not indexed yet.
+    fn index_full(&mut self, slot: usize, q: &mut Seq) {
+        let full = q.prefilled / KV_BLOCK;
+        while q.n_indexed < full {
+            let j = q.n_indexed;
+            let toks = &q.in_cache()[j * KV_BLOCK..(j + 1) * KV_BLOCK];
+            self.pool
+                .insert(block_key(q.hash, toks), self.kv.table(slot)[j]);
+            q.hash = chain_hash(q.hash, toks);
+            q.n_indexed += 1;
         }
     }
 }
 
 fn run(
     engine: &Engine,
-    mut kv: KvCache,
+    kv: KvCache,
     cfg: &BatchConfig,
     rx: mpsc::Receiver<Pending>,
     shared: &Shared,
 ) {
     let tok = &engine.tokenizer;
-    let mut waiting: VecDeque<Pending> = VecDeque::new();
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let mut slots: Vec<Option<Seq>> = (0..cfg.n_seq).map(|_| None).collect();
-    // Per slot, the tokens whose KV it holds from its last sequence: a new prompt that starts
-    // with them reuses them (a shared system prompt, a chat's history).
-    let mut cached: Vec<Vec<u32>> = vec![Vec::new(); cfg.n_seq];
+    let mut st = Blocks {
+        pool: BlockPool::new(kv.n_blocks()),
+        kv,
+    };
+    let max_pos = cfg.max_positions();
     let mut batch = Batch::default();
     let mut logits = Logits::default();
+    let mut admitted = 0u64;
     // (slot, index in the batch) of the tokens whose logits are sampled this step.
     let mut wants: Vec<(usize, usize)> = Vec::new();
+    // Slots with tokens in this step, and how many.
+    let mut fed: Vec<(usize, usize)> = Vec::new();
     loop {
         let idle = waiting.is_empty() && slots.iter().all(Option::is_none);
         if idle {
@@ -312,115 +455,188 @@ fn run(
                 return;
             }
             match rx.recv() {
-                Ok(p) => waiting.push_back(p),
+                Ok(p) => waiting.push_back(Waiting::New(p)),
                 Err(_) => return,
             }
         }
         while let Ok(p) = rx.try_recv() {
-            waiting.push_back(p);
+            waiting.push_back(Waiting::New(p));
         }
-        // Cancelled requests: waiting ones are dropped, running ones free their slot.
-        waiting.retain(|p| {
-            let keep = !p.tx.is_closed();
-            if !keep {
+        // Cancelled requests: waiting ones are dropped, running ones free their blocks.
+        waiting.retain(|w| {
+            let closed = w.closed();
+            if closed && matches!(w, Waiting::New(_)) {
                 shared.queued.fetch_sub(1, Ordering::SeqCst);
             }
-            keep
+            !closed
         });
-        for (s, c) in slots.iter_mut().zip(cached.iter_mut()) {
-            if let Some(q) = s.as_ref().filter(|q| q.tx.is_closed()) {
-                *c = q.in_cache().to_vec();
+        for (i, s) in slots.iter_mut().enumerate() {
+            if s.as_ref().is_some_and(|q| q.tx.is_closed()) {
                 *s = None;
+                st.free_seq(i);
             }
         }
-        // Admit, each request into the free slot holding the longest prefix of its prompt.
-        while slots.iter().any(Option::is_none) {
-            let Some(p) = waiting.pop_front() else { break };
-            shared.queued.fetch_sub(1, Ordering::SeqCst);
-            // At least the prompt's last token is computed: its logits are needed.
-            let common = |c: &[u32]| {
-                c.iter()
-                    .zip(&p.req.prompt)
-                    .take_while(|(a, b)| a == b)
-                    .count()
-                    .min(p.req.prompt.len() - 1)
+        // Admit in order while a slot is free and the blocks for the prompt can be had.
+        while let Some(slot) = slots.iter().position(Option::is_none) {
+            let Some(front) = waiting.front() else { break };
+            let (tokens, needs_logits) = match front {
+                Waiting::New(p) => (&p.req.prompt[..], true),
+                Waiting::Resumed(q) => (q.target(), q.next.is_none()),
             };
-            let (slot, reuse) = (0..cfg.n_seq)
-                .filter(|&i| slots[i].is_none())
-                .map(|i| (i, common(&cached[i])))
-                .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
-                .expect("a free slot");
-            cached[slot].truncate(reuse);
-            // The old tail's memory goes back to the OS; the new sequence commits pages as it
-            // writes them.
-            kv.release_seq(slot, reuse);
-            shared.reused.fetch_add(reuse as u64, Ordering::SeqCst);
-            let s = &mut slots[slot];
-            let sampler = match Sampler::new(p.req.sampler.clone()) {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = p.tx.send(GenEvent::Error(e.to_string()));
-                    continue;
+            // The longest run of indexed blocks the prompt starts with.
+            let mut hits = Vec::new();
+            let mut hash = 0u64;
+            for blk in tokens.chunks_exact(KV_BLOCK) {
+                let Some(b) = st.pool.lookup(&block_key(hash, blk)) else {
+                    break;
+                };
+                hits.push(b);
+                hash = chain_hash(hash, blk);
+            }
+            // The last prompt token is computed when its logits are needed.
+            let reuse = (hits.len() * KV_BLOCK).min(tokens.len() - usize::from(needs_logits));
+            let copy = usize::from(reuse < hits.len() * KV_BLOCK);
+            let need = tokens.len().div_ceil(KV_BLOCK) - hits.len() + copy;
+            for &b in &hits {
+                st.pool.retain(b);
+            }
+            if st.pool.available() < need {
+                for &b in &hits {
+                    st.pool.release(b);
                 }
+                break;
+            }
+            for &b in &hits {
+                st.kv
+                    .push_block(slot, b)
+                    .expect("pool blocks fit the table");
+            }
+            let mut q = match waiting.pop_front().expect("the front") {
+                Waiting::New(p) => {
+                    shared.queued.fetch_sub(1, Ordering::SeqCst);
+                    let sampler = match Sampler::new(p.req.sampler.clone()) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = p.tx.send(GenEvent::Error(e.to_string()));
+                            st.free_seq(slot);
+                            continue;
+                        }
+                    };
+                    Box::new(Seq {
+                        history: p.req.prompt.clone(),
+                        stops: StopMatcher::new(p.req.stop.clone()),
+                        req: p.req,
+                        tx: p.tx,
+                        sampler,
+                        prefilled: 0,
+                        next: None,
+                        generated: 0,
+                        decoder: tok.stream_decoder(),
+                        n_indexed: 0,
+                        hash: 0,
+                        admitted: 0,
+                    })
+                }
+                Waiting::Resumed(q) => q,
             };
-            *s = Some(Seq {
-                history: p.req.prompt.clone(),
-                stops: StopMatcher::new(p.req.stop.clone()),
-                req: p.req,
-                tx: p.tx,
-                sampler,
-                prefilled: reuse,
-                next: None,
-                generated: 0,
-                decoder: tok.stream_decoder(),
-            });
+            shared.reused.fetch_add(reuse as u64, Ordering::SeqCst);
+            q.prefilled = reuse;
+            q.n_indexed = hits.len().min(reuse / KV_BLOCK);
+            q.hash = if q.n_indexed == hits.len() {
+                hash
+            } else {
+                q.in_cache().chunks_exact(KV_BLOCK).fold(0, chain_hash)
+            };
+            admitted += 1;
+            q.admitted = admitted;
+            slots[slot] = Some(*q);
         }
-        shared.running.store(
-            slots.iter().filter(|s| s.is_some()).count(),
-            Ordering::SeqCst,
-        );
+        publish(&slots, &st, shared);
         // Build the step: decode tokens first, then prompt chunks in the room left.
         batch.clear();
         wants.clear();
-        for (i, s) in slots.iter().enumerate() {
-            if let Some(q) = s {
-                if let Some(t) = q.next {
-                    let pos = q.history.len() - 1;
-                    wants.push((i, batch.len()));
-                    batch.push(t, pos as u32, i as u32, true);
+        fed.clear();
+        // Every decoding sequence's next position gets its block first. Out of blocks, the
+        // sequence admitted last is preempted until this one has its block (or is the one
+        // preempted); before any token is in the batch, so no preempted sequence is in it.
+        for i in 0..cfg.n_seq {
+            if !slots[i].as_ref().is_some_and(Seq::decoding) {
+                continue;
+            }
+            let pos = slots[i].as_ref().map_or(0, |q| q.prefilled);
+            while !st.ensure(i, pos) {
+                let victim = newest(&slots).expect("sequence i runs");
+                if victim == i && slots.iter().flatten().count() == 1 {
+                    // Alone and out of blocks: the cache is full for this sequence.
+                    let q = slots[i].take().expect("running");
+                    st.free_seq(i);
+                    publish(&slots, &st, shared);
+                    finish(q, FinishReason::Length);
+                    break;
+                }
+                preempt(&mut slots, &mut st, victim, &mut waiting, shared);
+                if victim == i {
+                    break;
                 }
             }
         }
-        for (i, s) in slots.iter_mut().enumerate() {
-            let Some(q) = s else { continue };
+        for (i, s) in slots.iter().enumerate() {
+            let Some(q) = s.as_ref().filter(|q| q.decoding()) else {
+                continue;
+            };
+            wants.push((i, batch.len()));
+            fed.push((i, 1));
+            batch.push(
+                q.next.expect("decoding"),
+                q.prefilled as u32,
+                i as u32,
+                true,
+            );
+        }
+        for (i, s) in slots.iter().enumerate() {
             let room = cfg.n_batch.saturating_sub(batch.len());
-            if q.next.is_some() || room == 0 {
+            let Some(q) = s.as_ref() else { continue };
+            if q.decoding() || room == 0 {
                 continue;
             }
-            let n = (q.req.prompt.len() - q.prefilled).min(room);
+            let target = q.target();
+            let want = (target.len() - q.prefilled).min(room);
+            let n = st.ensure_range(i, q.prefilled, want);
             for j in 0..n {
                 let pos = q.prefilled + j;
-                let last = pos + 1 == q.req.prompt.len();
+                let last = pos + 1 == target.len() && q.next.is_none();
                 if last {
                     wants.push((i, batch.len()));
                 }
-                batch.push(q.req.prompt[pos], pos as u32, i as u32, last);
+                batch.push(target[pos], pos as u32, i as u32, last);
             }
-            q.prefilled += n;
+            if n > 0 {
+                fed.push((i, n));
+            }
         }
         if batch.is_empty() {
+            // Sequences but no tokens: prompts waiting for blocks that running sequences hold.
+            // Preempt the newest so the others can go on.
+            if slots.iter().flatten().count() > 1 {
+                let v = newest(&slots).expect("running");
+                preempt(&mut slots, &mut st, v, &mut waiting, shared);
+            }
             continue;
         }
-        if let Err(e) = engine.forward(&batch, &mut kv, &mut logits) {
+        if let Err(e) = engine.forward(&batch, &mut st.kv, &mut logits) {
             // A failed pass fails every sequence in it (their caches are now unknown).
-            for &i in &batch.seq {
-                let i = i as usize;
-                cached[i].clear();
+            for &(i, _) in &fed {
                 if let Some(q) = slots[i].take() {
                     let _ = q.tx.send(GenEvent::Error(e.to_string()));
                 }
+                st.free_seq(i);
             }
             continue;
+        }
+        for &(i, n) in &fed {
+            if let Some(q) = slots[i].as_mut() {
+                q.prefilled += n;
+            }
         }
         // Logits rows come in batch order, one per token that asked.
         for (row, &(i, _)) in wants.iter().enumerate() {
@@ -429,6 +645,7 @@ fn run(
             let id = q.sampler.sample(l, &q.history);
             let logprob = q.req.logprobs.map(|k| token_logprob(l, id, k));
             q.history.push(id);
+            q.next = Some(id);
             q.generated += 1;
             let eog = q.req.stop_at_eog && tok.is_eog(id);
             let piece = if eog {
@@ -437,53 +654,83 @@ fn run(
                 q.decoder.push(id)
             };
             let (text, hit) = q.stops.push(&piece);
-            let finish = if hit || eog {
+            let finish_reason = if hit || eog {
                 Some(FinishReason::Stop)
-            } else if q.generated >= q.req.max_tokens || q.history.len() >= cfg.n_ctx {
+            } else if q.generated >= q.req.max_tokens || q.history.len() >= max_pos {
                 Some(FinishReason::Length)
             } else {
                 None
             };
             let mut text = text;
-            if finish == Some(FinishReason::Length) {
+            if finish_reason == Some(FinishReason::Length) {
                 text.push_str(&q.decoder.flush());
                 text.push_str(&q.stops.flush());
             }
             let _ = q.tx.send(GenEvent::Token { id, text, logprob });
-            if let Some(finish) = finish {
-                let done = GenEvent::Done {
-                    finish,
-                    prompt_tokens: q.req.prompt.len(),
-                    completion_tokens: q.generated,
-                };
-                let tx = q.tx.clone();
-                cached[i] = q.in_cache().to_vec();
+            if let Some(f) = finish_reason {
+                let mut q = slots[i].take().expect("running");
+                // Its full blocks stay findable for the next request that starts the same way.
+                st.index_full(i, &mut q);
+                st.free_seq(i);
                 // The slot is free (and counted so) before the client hears it is done.
-                slots[i] = None;
-                shared.running.store(
-                    slots.iter().filter(|s| s.is_some()).count(),
-                    Ordering::SeqCst,
-                );
-                let _ = tx.send(done);
-            } else {
-                q.next = Some(id);
+                publish(&slots, &st, shared);
+                finish(q, f);
             }
         }
-        shared.running.store(
-            slots.iter().filter(|s| s.is_some()).count(),
-            Ordering::SeqCst,
-        );
-        let held: usize = slots
-            .iter()
-            .zip(&cached)
-            .map(|(s, c)| {
-                s.as_ref()
-                    .map_or(c.len(), |q| q.in_cache().len())
-                    .div_ceil(KV_BLOCK)
-            })
-            .sum();
-        shared.blocks_used.store(held, Ordering::SeqCst);
+        for (i, s) in slots.iter_mut().enumerate() {
+            if let Some(q) = s {
+                st.index_full(i, q);
+            }
+        }
+        publish(&slots, &st, shared);
     }
+}
+
+/// Store the counters [`BatchEngine::stats`] reads.
+fn publish(slots: &[Option<Seq>], st: &Blocks, shared: &Shared) {
+    let running = slots.iter().filter(|s| s.is_some()).count();
+    shared.running.store(running, Ordering::SeqCst);
+    shared.blocks_used.store(st.pool.used(), Ordering::SeqCst);
+    shared
+        .blocks_cached
+        .store(st.pool.cached(), Ordering::SeqCst);
+}
+
+/// The running sequence admitted last.
+fn newest(slots: &[Option<Seq>]) -> Option<usize> {
+    (0..slots.len())
+        .filter(|&i| slots[i].is_some())
+        .max_by_key(|&i| slots[i].as_ref().map_or(0, |q| q.admitted))
+}
+
+/// Take `slot`'s sequence out, give its blocks back, and queue it first to be resumed.
+fn preempt<'a>(
+    slots: &mut [Option<Seq<'a>>],
+    st: &mut Blocks,
+    slot: usize,
+    waiting: &mut VecDeque<Waiting<'a>>,
+    shared: &Shared,
+) {
+    let Some(mut q) = slots[slot].take() else {
+        return;
+    };
+    st.index_full(slot, &mut q);
+    st.free_seq(slot);
+    q.prefilled = 0;
+    q.n_indexed = 0;
+    q.hash = 0;
+    waiting.push_front(Waiting::Resumed(Box::new(q)));
+    shared.preemptions.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Tell the client the sequence is done.
+fn finish(q: Seq, finish: FinishReason) {
+    let done = GenEvent::Done {
+        finish,
+        prompt_tokens: q.req.prompt.len(),
+        completion_tokens: q.generated,
+    };
+    let _ = q.tx.send(done);
 }
 
 /// Log-softmax of `logits` at `id`, and the `k` most likely tokens with theirs.

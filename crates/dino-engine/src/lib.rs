@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod blocks;
 pub mod energy;
 pub mod metrics;
 mod perplexity;

@@ -93,6 +93,7 @@ fn concurrent_requests_give_their_solo_tokens() {
             n_seq: 3,
             n_batch: 8,
             max_queue: 8,
+            kv_blocks: None,
         },
     )
     .unwrap();
@@ -118,6 +119,7 @@ fn stop_strings_cancellation_and_bounds() {
             n_seq: 1,
             n_batch: 64,
             max_queue: 2,
+            kv_blocks: None,
         },
     )
     .unwrap();
@@ -197,45 +199,129 @@ fn stop_strings_cancellation_and_bounds() {
     assert!(refused, "a full queue refuses");
 }
 
-/// A prompt that extends an earlier one in the same slot (a chat's next turn) reuses the
-/// cached keys and values of the shared prefix, and still gives its solo tokens.
+/// Tokens up to the first `Token` event: (its id, the receiver to go on with).
+fn first_token(rx: &mut tokio::sync::mpsc::UnboundedReceiver<GenEvent>) -> u32 {
+    match rx.blocking_recv().expect("an event") {
+        GenEvent::Token { id, .. } => id,
+        e => panic!("expected a token, got {e:?}"),
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+const SYSTEM: &str = "You are a careful assistant. You answer in one short sentence, you never \
+    invent facts, and when you do not know something you say so plainly. The user is a student \
+    of geography who asks about capitals, rivers and mountains.";
+
+/// Prompts that start alike reuse the cached keys and values of their common whole blocks,
+/// whichever sequence computed them (one still running, or one finished), and still give
+/// their solo tokens; a prompt cached whole recomputes only its last token (copying the block
+/// it writes into).
 #[test]
-fn a_shared_prefix_is_reused_not_recomputed() {
+fn shared_prefixes_are_reused_across_sequences() {
+    use dino_engine::batch::KV_BLOCK;
+    let e = engine();
+    let b = BatchEngine::start(
+        e.clone(),
+        BatchConfig {
+            n_ctx: 512,
+            n_seq: 3,
+            n_batch: 64,
+            max_queue: 8,
+            kv_blocks: None,
+        },
+    )
+    .unwrap();
+    let ask = |q: &str, n| request(&e, &format!("{SYSTEM}\nQuestion: {q}\nAnswer:"), n);
+    let a = ask("What is the capital of France?", 24);
+    assert!(a.prompt.len() > 3 * KV_BLOCK);
+    let mut rx_a = b.submit(a.clone()).unwrap();
+    let a0 = first_token(&mut rx_a);
+    assert_eq!(b.stats().prefix_tokens_reused, 0);
+    // While A decodes, C shares its system prompt: the whole blocks of the common part come
+    // from A's cache.
+    let c = ask("Which river flows through Vienna?", 8);
+    let common = common_prefix(&a.prompt, &c.prompt);
+    let mut rx_c = b.submit(c.clone()).unwrap();
+    let (got_c, ..) = collect(&mut rx_c);
+    let (rest_a, ..) = collect(&mut rx_a);
+    let ids_a: Vec<u32> = std::iter::once(a0).chain(rest_a).collect();
+    assert_eq!(ids_a, solo(&e, &a));
+    assert_eq!(got_c, solo(&e, &c));
+    let mut reused = common / KV_BLOCK * KV_BLOCK;
+    assert_eq!(b.stats().prefix_tokens_reused, reused as u64);
+    // A chat's next turn after A ended: its prompt, its answer and more. Everything A fed
+    // (all but the last generated token) is cached, in whole blocks.
+    let mut prompt = a.prompt.clone();
+    prompt.extend(&ids_a);
+    prompt.extend(e.tokenizer.encode(" And of Italy?", false, false).unwrap());
+    let next = GenRequest {
+        prompt,
+        ..a.clone()
+    };
+    let mut rx = b.submit(next.clone()).unwrap();
+    let (got, ..) = collect(&mut rx);
+    assert_eq!(got, solo(&e, &next));
+    reused += (a.prompt.len() + ids_a.len() - 1) / KV_BLOCK * KV_BLOCK;
+    assert_eq!(b.stats().prefix_tokens_reused, reused as u64);
+    // A prompt of whole blocks, all cached (the start of the last one): all but its last token
+    // is reused, and the block that token is written into is copied first, so the cached one
+    // stays as it was (the same request again gives the same tokens).
+    let whole = GenRequest {
+        prompt: next.prompt[..3 * KV_BLOCK].to_vec(),
+        ..a.clone()
+    };
+    let want = solo(&e, &whole);
+    for _ in 0..2 {
+        let mut rx = b.submit(whole.clone()).unwrap();
+        assert_eq!(collect(&mut rx).0, want);
+        reused += 3 * KV_BLOCK - 1;
+    }
+    assert_eq!(b.stats().prefix_tokens_reused, reused as u64);
+    let s = b.stats();
+    assert_eq!((s.running, s.kv_blocks_used), (0, 0));
+    assert!(s.kv_blocks_cached > 0);
+}
+
+/// With too few KV blocks for every sequence at once, sequences are preempted and resumed,
+/// and each still gives its solo tokens; a prompt larger than the whole cache is refused.
+#[test]
+fn a_small_kv_budget_preempts_and_resumes() {
     let e = engine();
     let b = BatchEngine::start(
         e.clone(),
         BatchConfig {
             n_ctx: 256,
-            n_seq: 2,
-            n_batch: 64,
-            max_queue: 4,
+            n_seq: 4,
+            n_batch: 32,
+            max_queue: 8,
+            // 96 positions for four sequences of up to ~55.
+            kv_blocks: Some(6),
         },
     )
     .unwrap();
-    let first = request(&e, "The capital of France is", 8);
-    let mut rx = b.submit(first.clone()).unwrap();
-    let (ids, ..) = collect(&mut rx);
-    assert_eq!(b.stats().prefix_tokens_reused, 0);
-    // The next turn: the first prompt, its answer, and more text.
-    let mut prompt = first.prompt.clone();
-    prompt.extend(&ids);
-    prompt.extend(e.tokenizer.encode(" And of Italy?", false, false).unwrap());
-    let second = GenRequest {
-        prompt,
-        ..first.clone()
-    };
-    let mut rx = b.submit(second.clone()).unwrap();
-    let (got, ..) = collect(&mut rx);
-    // Everything but the last generated token (never fed) was in the cache.
-    let reused = first.prompt.len() + ids.len() - 1;
-    assert_eq!(b.stats().prefix_tokens_reused, reused as u64);
-    assert_eq!(got, solo(&e, &second));
-    // The same prompt again: all but its last token.
-    let mut rx = b.submit(second.clone()).unwrap();
-    let (again, ..) = collect(&mut rx);
-    assert_eq!(again, got);
+    let reqs: Vec<GenRequest> = PROMPTS[..4].iter().map(|p| request(&e, p, 40)).collect();
+    let want: Vec<Vec<u32>> = reqs.iter().map(|r| solo(&e, r)).collect();
+    let mut rxs: Vec<_> = reqs.iter().map(|r| b.submit(r.clone()).unwrap()).collect();
+    for (i, rx) in rxs.iter_mut().enumerate() {
+        let (ids, _, finish, n) = collect(rx);
+        assert_eq!(ids, want[i], "prompt {:?}", PROMPTS[i]);
+        assert_eq!((finish, n), (FinishReason::Length, 40));
+    }
+    let s = b.stats();
+    assert!(s.preemptions > 0, "{s:?}");
+    assert_eq!((s.running, s.kv_blocks_used, s.kv_blocks_total), (0, 0, 6));
     assert_eq!(
-        b.stats().prefix_tokens_reused,
-        (reused + second.prompt.len() - 1) as u64
+        b.submit(GenRequest {
+            prompt: vec![1; 100],
+            ..reqs[0].clone()
+        })
+        .unwrap_err(),
+        SubmitError::PromptTooLong {
+            n_prompt: 100,
+            n_ctx: 96
+        }
     );
 }

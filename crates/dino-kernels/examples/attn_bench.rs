@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p dino-kernels --example attn_bench [N_POS] [G]`
 use dino_kernels::dispatch::{op_kernels_for, Isa};
-use dino_kernels::ops::AttnShape;
+use dino_kernels::ops::{rows_to_blocks, AttnShape, KvBlocks, KvSpan, KV_BLOCK};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,7 +19,7 @@ fn main() {
         let n_head_kv = 3;
         let row = n_head_kv * hd;
         // Many separate caches, visited in turn, so the rows come from memory as in a batch.
-        let n_cache = 64;
+        let n_cache: usize = std::env::var("N_CACHE").map_or(64, |s| s.parse().expect("N_CACHE"));
         let caches: Vec<(Vec<f16>, Vec<f16>)> = (0..n_cache)
             .map(|_| {
                 let mk = |rng: &mut StdRng| -> Vec<f16> {
@@ -30,16 +30,28 @@ fn main() {
                 (mk(&mut rng), mk(&mut rng))
             })
             .collect();
-        let q: Vec<f32> = (0..g * hd)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
         let sh = AttnShape {
             n_head: n_head_kv * g,
             n_head_kv,
             head_dim: hd,
             scale: 1.0 / (hd as f32).sqrt(),
         };
-        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+        // Each cache in blocks, in order.
+        let table: Vec<u32> = (0..n_pos.div_ceil(KV_BLOCK) as u32).collect();
+        let caches: Vec<(Vec<f16>, Vec<f16>)> = caches
+            .into_iter()
+            .map(|(k, v)| {
+                let mut kb = vec![f16::ZERO; table.len() * KV_BLOCK * row];
+                let mut vb = kb.clone();
+                rows_to_blocks(&k, n_pos, &sh, &table, &mut kb);
+                rows_to_blocks(&v, n_pos, &sh, &table, &mut vb);
+                (kb, vb)
+            })
+            .collect();
+        let q: Vec<f32> = (0..g * hd)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        for isa in [Isa::Avx2, Isa::Avx512] {
             let Some(k) = op_kernels_for(isa) else {
                 continue;
             };
@@ -49,7 +61,20 @@ fn main() {
                 let t = Instant::now();
                 for (kc, vc) in &caches {
                     for kv_head in 0..n_head_kv {
-                        (k.attend_decode)(&q, kc, vc, n_pos, kv_head, &sh, &mut out);
+                        let span = KvSpan {
+                            k: KvBlocks {
+                                data: kc,
+                                table: &table,
+                            },
+                            v: KvBlocks {
+                                data: vc,
+                                table: &table,
+                            },
+                            kv_head,
+                            first: 0,
+                            n_pos,
+                        };
+                        (k.attend_decode)(&q, &span, &sh, &mut out);
                     }
                 }
                 best = best.min(t.elapsed().as_secs_f64());

@@ -234,6 +234,8 @@ pub struct OpKernels {
     pub attend_prompt: crate::ops::AttendPromptFn,
     /// `gate = silu(gate) * up` (`ops::swiglu`).
     pub swiglu: fn(&mut [f32], &[f32]),
+    /// Rotary embedding of one token's heads (`ops::RopeParams::apply`).
+    pub rope: fn(&crate::ops::RopeParams, &mut [f32], usize, &[f32]),
 }
 
 /// The op kernels of the level in use.
@@ -247,6 +249,7 @@ pub fn op_kernels_for(isa: Isa) -> Option<&'static OpKernels> {
         attend_decode: crate::ops::attend_group_decode_scalar,
         attend_prompt: crate::ops::attend_prompt_scalar,
         swiglu: crate::ops::swiglu_scalar,
+        rope: crate::ops::RopeParams::apply_scalar,
     };
     match isa {
         Isa::Scalar => Some(&SCALAR),

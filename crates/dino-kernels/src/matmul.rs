@@ -368,12 +368,11 @@ fn run_products(
             // Decode (one token, or one per sequence of a batch) streams the weights once:
             // long contiguous chunks (about four per thread) keep each thread's reads one
             // sequential stream for the prefetchers. The chunk's outputs fit the tile buffer.
-            let max_rows = (ROW_CHUNK_MAX * TOKEN_BLOCK / n_tokens) / ROWS * ROWS;
             n_out
-                .div_ceil(n_threads * 4)
+                .div_ceil(n_threads * DECODE_CHUNKS_PER_THREAD)
                 .div_ceil(ROWS)
                 .saturating_mul(ROWS)
-                .clamp(8, max_rows)
+                .max(8)
         } else {
             ROW_CHUNK_MAX
         }
@@ -428,48 +427,54 @@ fn run_products(
                 it -= job.first_item;
                 let (t0, t1) = tok_blocks.get(tb);
                 let rc = row_chunk(job.w.n_out);
-                let r0 = it * rc;
-                let r1 = (r0 + rc).min(job.w.n_out);
-                let (nr, nt) = (r1 - r0, t1 - t0);
-                compute_tile(
-                    job.w,
-                    job.k,
-                    job.act,
-                    job.act_row,
-                    (r0, r1),
-                    (t0, t1),
-                    n_tokens,
-                    split_all,
-                    &mut buf[..nr * nt],
-                );
-                if swiglu {
-                    let up = jobs[1].as_ref().expect("up job");
+                let (c0, c1) = (it * rc, ((it + 1) * rc).min(job.w.n_out));
+                // The item's rows in pieces whose outputs fit the tile buffers.
+                let nt = t1 - t0;
+                let piece = (ROW_CHUNK_MAX * TOKEN_BLOCK / nt / ROWS * ROWS).max(ROWS);
+                for r0 in (c0..c1).step_by(piece) {
+                    let r1 = (r0 + piece).min(c1);
+                    let nr = r1 - r0;
                     compute_tile(
-                        up.w,
-                        up.k,
-                        up.act,
-                        up.act_row,
+                        job.w,
+                        job.k,
+                        job.act,
+                        job.act_row,
                         (r0, r1),
                         (t0, t1),
                         n_tokens,
                         split_all,
-                        &mut buf_up[..nr * nt],
+                        &mut buf[..nr * nt],
                     );
-                    if epilogue == Epilogue::GeGlu {
-                        crate::ops::geglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
-                    } else {
-                        crate::ops::swiglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
+                    if swiglu {
+                        let up = jobs[1].as_ref().expect("up job");
+                        compute_tile(
+                            up.w,
+                            up.k,
+                            up.act,
+                            up.act_row,
+                            (r0, r1),
+                            (t0, t1),
+                            n_tokens,
+                            split_all,
+                            &mut buf_up[..nr * nt],
+                        );
+                        if epilogue == Epilogue::GeGlu {
+                            crate::ops::geglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
+                        } else {
+                            crate::ops::swiglu(&mut buf[..nr * nt], &buf_up[..nr * nt]);
+                        }
                     }
-                }
-                let n_out = job.w.n_out;
-                for t in 0..nt {
-                    // SAFETY: outputs (t0 + t, r0..r1) of this matrix belong to this item only.
-                    let dst = unsafe { job.out.slice((t0 + t) * n_out + r0, nr) };
-                    let src = &buf[t * nr..(t + 1) * nr];
-                    if epilogue == Epilogue::Accumulate {
-                        crate::ops::add_assign(dst, src);
-                    } else {
-                        dst.copy_from_slice(src);
+                    let n_out = job.w.n_out;
+                    for t in 0..nt {
+                        // SAFETY: outputs (t0 + t, r0..r1) of this matrix belong to this item
+                        // only.
+                        let dst = unsafe { job.out.slice((t0 + t) * n_out + r0, nr) };
+                        let src = &buf[t * nr..(t + 1) * nr];
+                        if epilogue == Epilogue::Accumulate {
+                            crate::ops::add_assign(dst, src);
+                        } else {
+                            dst.copy_from_slice(src);
+                        }
                     }
                 }
             }
@@ -543,6 +548,8 @@ fn compute_tile(
     }
 }
 
+/// Row chunks per thread and matrix in decode-like batches.
+const DECODE_CHUNKS_PER_THREAD: usize = 1;
 /// Batches of up to this many tokens are decode-like: their weights stream from memory once,
 /// in long per-thread chunks.
 const DECODE_TOKENS: usize = 16;

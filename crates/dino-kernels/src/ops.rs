@@ -53,8 +53,17 @@ impl RopeParams {
         }
     }
 
-    /// Rotate every head of one token in place. `x`: `[n_heads, head_dim]`.
+    /// Rotate every head of one token in place. `x`: `[n_heads, head_dim]`; `cache` from
+    /// [`RopeParams::cache`]. The level's kernel: all levels give the same bits.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, cache: &[f32]) {
+        (crate::dispatch::op_kernels().rope)(self, x, head_dim, cache)
+    }
+
+    /// Scalar twin of [`RopeParams::apply`]. Without a compile-time FMA target, `mul_add` is a
+    /// library call; the x86 level compiles this same body with FMA enabled (identical
+    /// results: FMA is exact).
+    #[inline(always)]
+    pub fn apply_scalar(&self, x: &mut [f32], head_dim: usize, cache: &[f32]) {
         let n = self.n_dims;
         for head in x.chunks_exact_mut(head_dim) {
             match self.style {
@@ -468,58 +477,67 @@ pub fn transpose_k(k: &[f16], n_pos: usize, s: &AttnShape, p_pad: usize, kt: &mu
     }
 }
 
-/// Attention of the query heads in `q` (`[n_q, head_dim]`, one GQA group reading `kv_head`;
-/// `out` likewise) for batches under 64 tokens (decode included), with llama.cpp's CPU flash-attention
-/// numerics for an F16 cache: the query is rounded to f16, scores are f16·f16 dot products
-/// accumulated in f32, and the value accumulator is kept in f16 (each update rounded), with
-/// the online-softmax sum in f32. Matching these roundings keeps greedy decoding token-exact
-/// with llama.cpp; [`attend_head`] is the f32 form used for prompt batches (as llama.cpp's
-/// tiled path is).
-pub fn attend_head_decode(
-    q: &[f32],
-    k: &[f16],
-    v: &[f16],
-    n_pos: usize,
-    kv_head: usize,
-    s: &AttnShape,
-    out: &mut [f32],
-) {
-    (crate::dispatch::op_kernels().attend_decode)(q, k, v, n_pos, kv_head, s, out)
+/// Positions per block of the paged KV cache.
+pub const KV_BLOCK: usize = 16;
+
+/// One layer's cached keys (or values) of one sequence, in blocks: `data` is the layer's whole
+/// store, `[n_blocks, n_head_kv, KV_BLOCK, head_dim]` (f16), and `table` the sequence's block ids
+/// in position order: position `p` is row `p % KV_BLOCK` of block `table[p / KV_BLOCK]`. Each
+/// KV head's rows of a block are contiguous, so one GQA group reads whole lines.
+#[derive(Clone, Copy, Debug)]
+pub struct KvBlocks<'a> {
+    pub data: &'a [f16],
+    pub table: &'a [u32],
 }
 
-/// Scalar twin of [`attend_head_decode`] for `q.len() / head_dim` query heads sharing `kv_head`
-/// (a GQA group; `out` is `[n_q, head_dim]`): each head as [`attend_head_decode_scalar`].
-pub fn attend_group_decode_scalar(
-    q: &[f32],
-    k: &[f16],
-    v: &[f16],
-    n_pos: usize,
-    kv_head: usize,
-    s: &AttnShape,
-    out: &mut [f32],
-) {
+impl<'a> KvBlocks<'a> {
+    /// Position `p` of KV head `h`: `[head_dim]`.
+    #[inline]
+    pub fn row(&self, p: usize, h: usize, s: &AttnShape) -> &'a [f16] {
+        let hd = s.head_dim;
+        let b = self.table[p / KV_BLOCK] as usize;
+        let at = ((b * s.n_head_kv + h) * KV_BLOCK + p % KV_BLOCK) * hd;
+        &self.data[at..at + hd]
+    }
+}
+
+/// What one decode-attention call reads: KV head `kv_head` at positions `first..n_pos` of one
+/// sequence (`first` is a sliding window's start, 0 without one).
+#[derive(Clone, Copy, Debug)]
+pub struct KvSpan<'a> {
+    pub k: KvBlocks<'a>,
+    pub v: KvBlocks<'a>,
+    pub kv_head: usize,
+    pub first: usize,
+    pub n_pos: usize,
+}
+
+/// Attention of the query heads in `q` (`[n_q, head_dim]`, one GQA group reading
+/// `kv.kv_head`; `out` likewise) for batches under 64 tokens (decode included), with
+/// llama.cpp's CPU flash-attention numerics for an F16 cache: the query is rounded to f16,
+/// scores are f16·f16 dot products accumulated in f32, and the value accumulator is kept in
+/// f16 (each update rounded), with the online-softmax sum in f32. Matching these roundings
+/// keeps greedy decoding token-exact with llama.cpp; [`attend_head`] is the f32 form.
+pub fn attend_head_decode(q: &[f32], kv: &KvSpan, s: &AttnShape, out: &mut [f32]) {
+    (crate::dispatch::op_kernels().attend_decode)(q, kv, s, out)
+}
+
+/// Scalar twin of [`attend_head_decode`] for `q.len() / head_dim` query heads sharing
+/// `kv.kv_head` (a GQA group; `out` is `[n_q, head_dim]`): each head as
+/// [`attend_head_decode_scalar`].
+pub fn attend_group_decode_scalar(q: &[f32], kv: &KvSpan, s: &AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
-        attend_head_decode_scalar(qh, k, v, n_pos, kv_head, s, oh);
+        attend_head_decode_scalar(qh, kv, s, oh);
     }
 }
 
 /// The decode attention signature (see [`attend_head_decode`]).
-pub type AttendFn = fn(&[f32], &[f16], &[f16], usize, usize, &AttnShape, &mut [f32]);
+pub type AttendFn = fn(&[f32], &KvSpan, &AttnShape, &mut [f32]);
 
 /// Scalar twin of [`attend_head_decode`]: the reference the SIMD forms must equal bit for bit.
-pub fn attend_head_decode_scalar(
-    q: &[f32],
-    k: &[f16],
-    v: &[f16],
-    n_pos: usize,
-    kv_head: usize,
-    s: &AttnShape,
-    out: &mut [f32],
-) {
+pub fn attend_head_decode_scalar(q: &[f32], kv: &KvSpan, s: &AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
-    let row = s.n_head_kv * hd;
-    let off = kv_head * hd;
     let mut qh = [0f32; 512];
     let qh = &mut qh[..hd];
     for (d, &x) in qh.iter_mut().zip(q) {
@@ -530,8 +548,8 @@ pub fn attend_head_decode_scalar(
     let acc = &mut acc[..hd];
     let mut max = f32::NEG_INFINITY;
     let mut sum = 0f32;
-    for p in 0..n_pos {
-        let kr = &k[p * row + off..p * row + off + hd];
+    for p in kv.first..kv.n_pos {
+        let kr = kv.k.row(p, kv.kv_head, s);
         let score = dot_f16_ggml_order(kr, qh) * s.scale;
         let mut ms = 1.0f32;
         let mut vs = 1.0f32;
@@ -545,7 +563,7 @@ pub fn attend_head_decode_scalar(
         } else {
             vs = expf_glibc(score - max);
         }
-        let vr = &v[p * row + off..p * row + off + hd];
+        let vr = kv.v.row(p, kv.kv_head, s);
         for i in 0..hd {
             acc[i] = f16::from_f32(vr[i].to_f32().mul_add(vs, acc[i])).to_f32();
         }
@@ -554,6 +572,20 @@ pub fn attend_head_decode_scalar(
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for (o, &a) in out.iter_mut().zip(acc.iter()) {
         *o = a * inv;
+    }
+}
+
+/// `[n_pos, n_head_kv * head_dim]` rows (the layout [`attend_head`] reads) into the blocks of
+/// `table` in a `[n_blocks, n_head_kv, KV_BLOCK, head_dim]` store; for tests and benchmarks.
+pub fn rows_to_blocks(rows: &[f16], n_pos: usize, s: &AttnShape, table: &[u32], store: &mut [f16]) {
+    let hd = s.head_dim;
+    for p in 0..n_pos {
+        for h in 0..s.n_head_kv {
+            let b = table[p / KV_BLOCK] as usize;
+            let at = ((b * s.n_head_kv + h) * KV_BLOCK + p % KV_BLOCK) * hd;
+            let src = (p * s.n_head_kv + h) * hd;
+            store[at..at + hd].copy_from_slice(&rows[src..src + hd]);
+        }
     }
 }
 
@@ -821,7 +853,27 @@ mod tests {
         let q: Vec<f32> = (0..64).map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.25).collect();
         let (mut a, mut b) = (vec![0f32; 64], vec![0f32; 64]);
         attend_head(&q, &k, &v, n_pos, 0, &s, &mut a);
-        attend_head_decode(&q, &k, &v, n_pos, 0, &s, &mut b);
+        // The same rows in blocks, in reverse order.
+        let n_blocks = n_pos.div_ceil(KV_BLOCK);
+        let table: Vec<u32> = (0..n_blocks as u32).rev().collect();
+        let mut kb = vec![f16::ZERO; n_blocks * KV_BLOCK * 64];
+        let mut vb = kb.clone();
+        rows_to_blocks(&k, n_pos, &s, &table, &mut kb);
+        rows_to_blocks(&v, n_pos, &s, &table, &mut vb);
+        let span = KvSpan {
+            k: KvBlocks {
+                data: &kb,
+                table: &table,
+            },
+            v: KvBlocks {
+                data: &vb,
+                table: &table,
+            },
+            kv_head: 0,
+            first: 0,
+            n_pos,
+        };
+        attend_head_decode(&q, &span, &s, &mut b);
         for i in 0..64 {
             // f16 accumulation: ~1e-3 relative.
             assert!((a[i] - b[i]).abs() < 5e-3, "{i}: {} vs {}", a[i], b[i]);

@@ -442,12 +442,16 @@ fn tile_kernels_equal_their_dot_products() {
 }
 
 /// Decode attention at every SIMD level equals the scalar twin bit for bit: random and extreme
-/// (f16-overflowing) values, head sizes with and without a tail, short and long contexts.
+/// (f16-overflowing) values, head sizes with and without a tail, short and long contexts, the
+/// cache in shuffled blocks, with and without a window start.
 #[test]
 fn attend_decode_simd_equals_scalar() {
     use dino_kernels::dispatch::op_kernels_for;
-    use dino_kernels::ops::{attend_group_decode_scalar, AttnShape};
+    use dino_kernels::ops::{
+        attend_group_decode_scalar, rows_to_blocks, AttnShape, KvBlocks, KvSpan, KV_BLOCK,
+    };
     use half::f16;
+    use rand::seq::SliceRandom;
     let mut rng = StdRng::seed_from_u64(45);
     for isa in simd_levels() {
         let k = op_kernels_for(isa).unwrap();
@@ -461,25 +465,43 @@ fn attend_decode_simd_equals_scalar() {
                             .collect()
                     };
                     let (kc, vc) = (mk(&mut rng), mk(&mut rng));
-                    // 1 query head, and a GQA group of 3 / 10 (more than one register group).
-                    let n_q = [1usize, 3, 10][n_pos % 3];
-                    let q = rand_f32(&mut rng, n_q * hd, scale);
                     let sh = AttnShape {
                         n_head: n_head_kv,
                         n_head_kv,
                         head_dim: hd,
                         scale: 1.0 / (hd as f32).sqrt(),
                     };
+                    // The rows in blocks of a store twice as large, in shuffled order.
+                    let n_blocks = n_pos.div_ceil(KV_BLOCK);
+                    let mut ids: Vec<u32> = (0..2 * n_blocks as u32).collect();
+                    ids.shuffle(&mut rng);
+                    let table = &ids[..n_blocks];
+                    let mut kb = vec![f16::ZERO; 2 * n_blocks * KV_BLOCK * row];
+                    let mut vb = kb.clone();
+                    rows_to_blocks(&kc, n_pos, &sh, table, &mut kb);
+                    rows_to_blocks(&vc, n_pos, &sh, table, &mut vb);
+                    // 1 query head, and a GQA group of 3 / 10 (more than one register group).
+                    let n_q = [1usize, 3, 10][n_pos % 3];
+                    let q = rand_f32(&mut rng, n_q * hd, scale);
                     for kv_head in 0..n_head_kv {
-                        let mut want = vec![0f32; n_q * hd];
-                        let mut got = vec![0f32; n_q * hd];
-                        attend_group_decode_scalar(&q, &kc, &vc, n_pos, kv_head, &sh, &mut want);
-                        (k.attend_decode)(&q, &kc, &vc, n_pos, kv_head, &sh, &mut got);
-                        for (g, w) in got.iter().zip(&want) {
-                            assert!(
-                                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                                "{isa} hd {hd} n_pos {n_pos} scale {scale}: {g} vs {w}"
-                            );
+                        for first in [0, n_pos / 3] {
+                            let span = KvSpan {
+                                k: KvBlocks { data: &kb, table },
+                                v: KvBlocks { data: &vb, table },
+                                kv_head,
+                                first,
+                                n_pos,
+                            };
+                            let mut want = vec![0f32; n_q * hd];
+                            let mut got = vec![0f32; n_q * hd];
+                            attend_group_decode_scalar(&q, &span, &sh, &mut want);
+                            (k.attend_decode)(&q, &span, &sh, &mut got);
+                            for (g, w) in got.iter().zip(&want) {
+                                assert!(
+                                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                                    "{isa} hd {hd} n_pos {n_pos} first {first} scale {scale}: {g} vs {w}"
+                                );
+                            }
                         }
                     }
                 }
@@ -803,6 +825,47 @@ fn swiglu_simd_equals_scalar() {
                 "{isa} swiglu({}) = {g} vs {w}",
                 gate[i]
             );
+        }
+    }
+}
+
+/// RoPE at every SIMD level equals the scalar twin bit for bit: both styles, partial rotation,
+/// frequency factors, large positions and large values.
+#[test]
+fn rope_simd_equals_scalar() {
+    use dino_kernels::dispatch::op_kernels_for;
+    use dino_kernels::ops::{RopeParams, RopeStyle};
+    let mut rng = StdRng::seed_from_u64(48);
+    for style in [RopeStyle::Normal, RopeStyle::Neox] {
+        for (head_dim, n_dims, factors) in
+            [(64usize, 64usize, false), (128, 64, true), (80, 80, false)]
+        {
+            let p = RopeParams {
+                style,
+                n_dims,
+                freq_base: 10000.0,
+                freq_scale: 0.5,
+                freq_factors: factors
+                    .then(|| (0..n_dims / 2).map(|i| 1.0 + i as f32 * 0.1).collect()),
+                attn_factor: 1.0,
+            };
+            for pos in [0i64, 1, 17, 4095, 100_000] {
+                let mut cache = vec![0f32; n_dims];
+                p.cache(pos, &mut cache);
+                let x = rand_f32(&mut rng, 3 * head_dim, 1e4);
+                let mut want = x.clone();
+                p.apply_scalar(&mut want, head_dim, &cache);
+                for isa in simd_levels() {
+                    let mut got = x.clone();
+                    (op_kernels_for(isa).unwrap().rope)(&p, &mut got, head_dim, &cache);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "{isa} {style:?} hd {head_dim} pos {pos}"
+                    );
+                }
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use dino_core::{Error, Result};
 use half::f16;
-use half::slice::HalfBitsSliceExt;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+
+pub use dino_kernels::ops::{KvBlocks, KV_BLOCK};
 
 /// What one cached position holds, per layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,92 +12,223 @@ pub struct KvShape {
     pub n_layer: usize,
     /// `n_head_kv * head_dim` (keys and values alike).
     pub n_kv_dim: usize,
+    pub head_dim: usize,
 }
 
-/// F16 keys and values for `n_seq` sequences of up to `n_ctx` positions each.
+/// F16 keys and values in blocks of [`KV_BLOCK`] positions, and each sequence's block table.
 ///
-/// Layout per layer: `[n_seq, n_ctx, n_kv_dim]`. Memory is reserved zeroed, so pages are only
-/// committed as positions are filled.
+/// Layout per layer (K and V alike): `[n_blocks, n_head_kv, KV_BLOCK, head_dim]`, so one KV
+/// head's rows of a block are contiguous. Position `p` of sequence `s` lives in block
+/// `table(s)[p / KV_BLOCK]`. Memory is reserved zeroed, so pages are only committed as blocks
+/// are written.
+///
+/// [`KvCache::new`] gives every sequence its own `n_ctx` positions (a fixed table). A paged
+/// cache ([`KvCache::paged`]) starts with empty tables: the engine's block allocator fills them,
+/// may point several sequences at one block (a shared prompt prefix) and copies a shared
+/// block before it is written ([`KvCache::copy_block`]). The model only reads the tables.
 pub struct KvCache {
     shape: KvShape,
     n_ctx: usize,
-    n_seq: usize,
+    n_blocks: usize,
     // f16 bits; `vec![0u16; n]` is a zeroed allocation, committed lazily by the OS.
     k: Vec<Vec<u16>>,
     v: Vec<Vec<u16>>,
+    tables: Vec<Vec<u32>>,
 }
 
 impl KvCache {
+    /// `n_seq` sequences of up to `n_ctx` positions, each with blocks of its own.
     pub fn new(shape: KvShape, n_ctx: usize, n_seq: usize) -> Result<KvCache> {
-        let per_layer = n_seq
-            .checked_mul(n_ctx)
-            .and_then(|x| x.checked_mul(shape.n_kv_dim))
-            .ok_or_else(|| Error::invalid("KV cache size overflows"))?;
         if n_ctx == 0 || n_seq == 0 {
             return Err(Error::invalid("KV cache needs n_ctx > 0 and n_seq > 0"));
         }
+        let per_seq = n_ctx.div_ceil(KV_BLOCK);
+        let n_blocks = n_seq
+            .checked_mul(per_seq)
+            .ok_or_else(|| Error::invalid("KV cache size overflows"))?;
+        let mut kv = KvCache::paged(shape, n_ctx, n_seq, n_blocks)?;
+        for (s, t) in kv.tables.iter_mut().enumerate() {
+            *t = (s * per_seq..(s + 1) * per_seq).map(|b| b as u32).collect();
+        }
+        Ok(kv)
+    }
+
+    /// `n_blocks` blocks for `n_seq` sequences of up to `n_ctx` positions; every table empty.
+    pub fn paged(shape: KvShape, n_ctx: usize, n_seq: usize, n_blocks: usize) -> Result<KvCache> {
+        if n_ctx == 0 || n_seq == 0 || n_blocks == 0 {
+            return Err(Error::invalid(
+                "KV cache needs n_ctx > 0, n_seq > 0 and n_blocks > 0",
+            ));
+        }
+        if shape.head_dim == 0 || !shape.n_kv_dim.is_multiple_of(shape.head_dim) {
+            return Err(Error::invalid(
+                "KV shape: n_kv_dim is not a multiple of head_dim",
+            ));
+        }
+        if n_blocks > u32::MAX as usize {
+            return Err(Error::invalid("KV cache: too many blocks"));
+        }
+        let per_layer = n_blocks
+            .checked_mul(KV_BLOCK * shape.n_kv_dim)
+            .ok_or_else(|| Error::invalid("KV cache size overflows"))?;
         let alloc = || vec![0u16; per_layer];
         Ok(KvCache {
             shape,
             n_ctx,
-            n_seq,
+            n_blocks,
             k: (0..shape.n_layer).map(|_| alloc()).collect(),
             v: (0..shape.n_layer).map(|_| alloc()).collect(),
+            tables: vec![Vec::new(); n_seq],
         })
     }
 
-    /// Bytes a cache of this shape takes.
+    /// Bytes of one block (every layer's keys and values).
+    pub fn block_bytes(shape: KvShape) -> u64 {
+        2 * shape.n_layer as u64 * KV_BLOCK as u64 * shape.n_kv_dim as u64 * 2
+    }
+
+    /// Bytes a cache of `n_seq` sequences of `n_ctx` positions takes ([`KvCache::new`]).
     pub fn bytes_for(shape: KvShape, n_ctx: usize, n_seq: usize) -> u64 {
-        2 * shape.n_layer as u64 * n_seq as u64 * n_ctx as u64 * shape.n_kv_dim as u64 * 2
+        Self::block_bytes(shape) * (n_seq as u64 * n_ctx.div_ceil(KV_BLOCK) as u64)
     }
 
     pub fn shape(&self) -> KvShape {
         self.shape
     }
+    /// Most positions one sequence may hold.
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
     pub fn n_seq(&self) -> usize {
-        self.n_seq
+        self.tables.len()
     }
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+    /// Bytes reserved (committed only as blocks are written).
     pub fn bytes(&self) -> u64 {
-        Self::bytes_for(self.shape, self.n_ctx, self.n_seq)
+        Self::block_bytes(self.shape) * self.n_blocks as u64
     }
 
-    /// Keys and values of layer `il`, sequence `seq`: `[n_ctx, n_kv_dim]` each.
-    pub fn seq_layer(&self, il: usize, seq: usize) -> (&[f16], &[f16]) {
-        let n = self.n_ctx * self.shape.n_kv_dim;
+    /// Sequence `seq`'s block ids, in position order.
+    pub fn table(&self, seq: usize) -> &[u32] {
+        &self.tables[seq]
+    }
+
+    /// Append block `id` to sequence `seq`'s table (the engine's allocator decides which).
+    pub fn push_block(&mut self, seq: usize, id: u32) -> Result<()> {
+        self.check_block(id)?;
+        let t = &mut self.tables[seq];
+        if t.len() * KV_BLOCK >= self.n_ctx {
+            return Err(Error::invalid(format!(
+                "sequence {seq} already has blocks for the context size {}",
+                self.n_ctx
+            )));
+        }
+        t.push(id);
+        Ok(())
+    }
+
+    /// Point entry `i` of sequence `seq`'s table at block `id` (a copy replacing a shared block).
+    pub fn set_block(&mut self, seq: usize, i: usize, id: u32) -> Result<()> {
+        self.check_block(id)?;
+        let t = &mut self.tables[seq];
+        if i >= t.len() {
+            return Err(Error::invalid(format!(
+                "sequence {seq} has {} blocks, not {}",
+                t.len(),
+                i + 1
+            )));
+        }
+        t[i] = id;
+        Ok(())
+    }
+
+    /// Keep the first `n` entries of sequence `seq`'s table.
+    pub fn truncate_table(&mut self, seq: usize, n: usize) {
+        self.tables[seq].truncate(n);
+    }
+
+    fn check_block(&self, id: u32) -> Result<()> {
+        if id as usize >= self.n_blocks {
+            return Err(Error::invalid(format!(
+                "KV block {id} is past the cache's {} blocks",
+                self.n_blocks
+            )));
+        }
+        Ok(())
+    }
+
+    /// Positions sequence `seq` has blocks for.
+    pub fn capacity(&self, seq: usize) -> usize {
+        (self.tables[seq].len() * KV_BLOCK).min(self.n_ctx)
+    }
+
+    /// Layer `il`'s keys and values of sequence `seq`, as the attention kernels read them.
+    pub fn view(&self, il: usize, seq: usize) -> (KvBlocks<'_>, KvBlocks<'_>) {
+        let t = &self.tables[seq];
         (
-            self.k[il][seq * n..(seq + 1) * n].reinterpret_cast(),
-            self.v[il][seq * n..(seq + 1) * n].reinterpret_cast(),
+            KvBlocks {
+                data: self.k[il].reinterpret_cast(),
+                table: t,
+            },
+            KvBlocks {
+                data: self.v[il].reinterpret_cast(),
+                table: t,
+            },
         )
     }
 
-    /// Give back the memory of sequence `seq`'s positions from `keep` on (rounded inward to
-    /// whole pages): they read as zeros afterwards, so only positions that will be written
-    /// again before they are read may be released (a finished sequence's tail). The cache
-    /// commits memory as positions are written; this returns it when a sequence ends, so the
-    /// memory used follows the tokens held, not `n_seq * n_ctx`.
-    pub fn release_seq(&mut self, seq: usize, keep: usize) {
-        if seq >= self.n_seq || keep >= self.n_ctx {
-            return;
+    /// Layer `il`'s keys and values of positions `0..n_pos` of `seq` as `[n_pos, n_kv_dim]`
+    /// rows (the prompt attention's layout) into `k` and `v`.
+    pub fn gather(&self, il: usize, seq: usize, n_pos: usize, k: &mut [f16], v: &mut [f16]) {
+        let (d, hd) = (self.shape.n_kv_dim, self.shape.head_dim);
+        let n_head_kv = d / hd;
+        let t = &self.tables[seq];
+        for (src, dst) in [(&self.k[il], &mut *k), (&self.v[il], &mut *v)] {
+            let src: &[f16] = src.reinterpret_cast();
+            for p in 0..n_pos {
+                let b = t[p / KV_BLOCK] as usize;
+                for h in 0..n_head_kv {
+                    let at = ((b * n_head_kv + h) * KV_BLOCK + p % KV_BLOCK) * hd;
+                    dst[p * d + h * hd..p * d + (h + 1) * hd].copy_from_slice(&src[at..at + hd]);
+                }
+            }
         }
-        let d = self.shape.n_kv_dim;
-        let (start, end) = ((seq * self.n_ctx + keep) * d, (seq + 1) * self.n_ctx * d);
+    }
+
+    /// Copy block `src` into block `dst` in every layer (before a shared block is written).
+    pub fn copy_block(&mut self, src: u32, dst: u32) {
+        let n = KV_BLOCK * self.shape.n_kv_dim;
+        let (s, d) = (src as usize * n, dst as usize * n);
         for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            release_pages(&mut buf[start..end]);
+            buf.copy_within(s..s + n, d);
+        }
+    }
+
+    /// Give the memory of blocks `ids` back to the OS (whole pages inside them): they read as
+    /// zeros afterwards. For blocks no table will read before writing them again.
+    pub fn release_blocks(&mut self, ids: &[u32]) {
+        let n = KV_BLOCK * self.shape.n_kv_dim;
+        for &b in ids {
+            let at = b as usize * n;
+            for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+                release_pages(&mut buf[at..at + n]);
+            }
         }
     }
 
     /// Store one position's key and value rows (`[n_kv_dim]` each) for layer `il`.
     pub fn store(&mut self, il: usize, seq: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let d = self.shape.n_kv_dim;
-        let at = (seq * self.n_ctx + pos) * d;
-        for (dst, &x) in self.k[il][at..at + d].iter_mut().zip(k) {
-            *dst = f16::from_f32(x).to_bits();
-        }
-        for (dst, &x) in self.v[il][at..at + d].iter_mut().zip(v) {
-            *dst = f16::from_f32(x).to_bits();
+        let (d, hd) = (self.shape.n_kv_dim, self.shape.head_dim);
+        let n_head_kv = d / hd;
+        let b = self.tables[seq][pos / KV_BLOCK] as usize;
+        for (buf, src) in [(&mut self.k[il], k), (&mut self.v[il], v)] {
+            for h in 0..n_head_kv {
+                let at = ((b * n_head_kv + h) * KV_BLOCK + pos % KV_BLOCK) * hd;
+                let dst: &mut [f16] = buf[at..at + hd].reinterpret_cast_mut();
+                dst.convert_from_f32_slice(&src[h * hd..(h + 1) * hd]);
+            }
         }
     }
 }
@@ -133,38 +266,87 @@ fn release_pages(buf: &mut [u16]) {
 mod tests {
     use super::*;
 
-    /// Releasing a sequence's tail keeps its head and every other sequence, and released
-    /// positions can be written and read again.
+    /// Rows stored through one table read back through another that shares its blocks, a
+    /// copied block is independent of its source, and released blocks read as zeros.
     #[test]
-    fn releasing_a_tail_keeps_the_rest() {
+    fn blocks_are_shared_copied_and_released() {
         let shape = KvShape {
             n_layer: 2,
-            n_kv_dim: 64,
+            n_kv_dim: 128,
+            head_dim: 64,
         };
-        let mut kv = KvCache::new(shape, 512, 2).unwrap();
-        let row: Vec<f32> = (0..64).map(|i| i as f32 * 0.5).collect();
-        for seq in 0..2 {
-            for pos in 0..512 {
-                for il in 0..2 {
-                    kv.store(il, seq, pos, &row, &row);
-                }
+        let mut kv = KvCache::paged(shape, 512, 2, 64).unwrap();
+        for b in [5, 9, 2] {
+            kv.push_block(0, b).unwrap();
+        }
+        let row =
+            |pos: usize| -> Vec<f32> { (0..128).map(|i| (pos * 128 + i) as f32 * 0.25).collect() };
+        for pos in 0..40 {
+            for il in 0..2 {
+                kv.store(il, 0, pos, &row(pos), &row(pos + 1));
             }
         }
-        kv.release_seq(0, 100);
-        let want: Vec<f16> = row.iter().map(|&x| f16::from_f32(x)).collect();
-        for il in 0..2 {
-            let (k0, v0) = kv.seq_layer(il, 0);
-            for pos in 0..100 {
-                assert_eq!(&k0[pos * 64..(pos + 1) * 64], &want[..]);
-                assert_eq!(&v0[pos * 64..(pos + 1) * 64], &want[..]);
-            }
-            let (k1, _) = kv.seq_layer(il, 1);
-            assert!(k1.chunks(64).all(|r| r == &want[..]));
+        // Sequence 1 shares the first two blocks, and a copy of the third.
+        kv.copy_block(2, 7);
+        for b in [5, 9, 2] {
+            kv.push_block(1, b).unwrap();
         }
-        kv.store(1, 0, 300, &row, &row);
-        assert_eq!(&kv.seq_layer(1, 0).0[300 * 64..301 * 64], &want[..]);
-        // Out of range is a no-op.
-        kv.release_seq(5, 0);
-        kv.release_seq(0, 512);
+        kv.set_block(1, 2, 7).unwrap();
+        kv.store(0, 0, 35, &row(99), &row(99));
+        let (mut k, mut v) = (vec![f16::ZERO; 40 * 128], vec![f16::ZERO; 40 * 128]);
+        kv.gather(1, 1, 40, &mut k, &mut v);
+        for pos in 0..40 {
+            let want: Vec<f16> = row(pos).iter().map(|&x| f16::from_f32(x)).collect();
+            assert_eq!(&k[pos * 128..(pos + 1) * 128], &want[..], "pos {pos}");
+        }
+        // Layer 0 of sequence 1 kept the old position 35 (the copy); sequence 0 has the new.
+        let (k1, _) = kv.view(0, 1);
+        let (k0, _) = kv.view(0, 0);
+        let s = dino_kernels::ops::AttnShape {
+            n_head: 2,
+            n_head_kv: 2,
+            head_dim: 64,
+            scale: 1.0,
+        };
+        assert_eq!(k1.row(35, 1, &s)[0], f16::from_f32(row(35)[64]));
+        assert_eq!(k0.row(35, 1, &s)[0], f16::from_f32(row(99)[64]));
+        // Releasing block 7 leaves the others intact.
+        kv.release_blocks(&[7]);
+        kv.gather(0, 1, 32, &mut k, &mut v);
+        for pos in 0..32 {
+            assert_eq!(k[pos * 128], f16::from_f32(row(pos)[0]), "pos {pos}");
+        }
+        assert_eq!(KvCache::block_bytes(shape), 2 * 2 * 16 * 128 * 2);
+        // Bad ids and overlong tables are refused.
+        assert!(kv.push_block(1, 64).is_err());
+        assert!(kv.set_block(1, 3, 1).is_err());
+        for b in 10..29 {
+            kv.push_block(1, b).unwrap();
+        }
+        assert_eq!(kv.capacity(1), 352);
+        for b in 29..39 {
+            kv.push_block(1, b).unwrap();
+        }
+        assert_eq!(kv.capacity(1), 512);
+        assert!(kv.push_block(1, 40).is_err());
+        kv.truncate_table(1, 2);
+        assert_eq!(kv.table(1), &[5, 9]);
+    }
+
+    /// `new` gives each sequence `n_ctx` positions of its own.
+    #[test]
+    fn fixed_tables_cover_the_context() {
+        let shape = KvShape {
+            n_layer: 1,
+            n_kv_dim: 64,
+            head_dim: 64,
+        };
+        let kv = KvCache::new(shape, 100, 3).unwrap();
+        assert_eq!(kv.n_blocks(), 3 * 7);
+        for s in 0..3 {
+            assert_eq!(kv.capacity(s), 100);
+            assert_eq!(kv.table(s)[0] as usize, s * 7);
+        }
+        assert_eq!(kv.bytes(), KvCache::bytes_for(shape, 100, 3));
     }
 }

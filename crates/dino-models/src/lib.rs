@@ -9,7 +9,7 @@ mod kv;
 mod registry;
 
 pub use config::HParams;
-pub use kv::{KvCache, KvShape};
+pub use kv::{KvCache, KvShape, KV_BLOCK};
 pub use registry::{load, supported_architectures, LoadOptions};
 
 use dino_core::Result;

@@ -120,5 +120,11 @@ pub struct BackendMetrics {
     pub queue_depth: usize,
     pub running: usize,
     pub kv_blocks_used: usize,
+    /// Blocks kept only for prefix reuse (given back when needed).
+    pub kv_blocks_cached: usize,
     pub kv_blocks_total: usize,
+    /// Prompt tokens found in the prefix cache instead of computed, since start.
+    pub prefix_tokens_reused: u64,
+    /// Sequences preempted for want of KV blocks, since start.
+    pub preemptions: u64,
 }

@@ -163,14 +163,37 @@ impl ServerMetrics {
         gauge(
             &mut out,
             "dino_kv_blocks_used",
-            "KV-cache blocks in use.",
+            "KV-cache blocks held by sequences.",
             backend.kv_blocks_used,
+        );
+        gauge(
+            &mut out,
+            "dino_kv_blocks_cached",
+            "KV-cache blocks kept only for prefix reuse.",
+            backend.kv_blocks_cached,
         );
         gauge(
             &mut out,
             "dino_kv_blocks_total",
             "KV-cache blocks in total.",
             backend.kv_blocks_total,
+        );
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {v}");
+        };
+        counter(
+            &mut out,
+            "dino_prefix_tokens_reused_total",
+            "Prompt tokens found in the prefix cache instead of computed.",
+            backend.prefix_tokens_reused,
+        );
+        counter(
+            &mut out,
+            "dino_preemptions_total",
+            "Sequences preempted for want of KV-cache blocks.",
+            backend.preemptions,
         );
         out
     }

@@ -11,7 +11,7 @@ use core::arch::x86_64::*;
 
 use super::avx2::avx2_detected;
 use crate::dispatch::OpKernels;
-use crate::ops::{AttnShape, ATTN_LANES, ATTN_TILE};
+use crate::ops::{AttnShape, KvSpan, RopeParams, ATTN_LANES, ATTN_TILE, KV_BLOCK};
 use half::f16;
 
 pub(crate) fn avx2_op_kernels() -> Option<&'static OpKernels> {
@@ -19,29 +19,34 @@ pub(crate) fn avx2_op_kernels() -> Option<&'static OpKernels> {
         attend_decode,
         attend_prompt,
         swiglu,
+        rope,
     };
     avx2_detected().then_some(&K)
 }
 
-fn attend_decode(
-    q: &[f32],
-    k: &[f16],
-    v: &[f16],
-    n_pos: usize,
-    kv_head: usize,
-    s: &AttnShape,
-    out: &mut [f32],
-) {
+fn attend_decode(q: &[f32], kv: &KvSpan, s: &AttnShape, out: &mut [f32]) {
     debug_assert!(avx2_detected());
     // SAFETY: handed out only by `avx2_op_kernels` after run-time detection of avx2, fma and
     // f16c; the kernel reads memory only through bounds-checked slices.
-    unsafe { attend_decode_avx2(q, k, v, n_pos, kv_head, s, out) }
+    unsafe { attend_decode_avx2(q, kv, s, out) }
 }
 
 fn swiglu(gate: &mut [f32], up: &[f32]) {
     debug_assert!(avx2_detected());
     // SAFETY: handed out only after run-time detection of avx2, fma and f16c; safe code inside.
     unsafe { swiglu_fma(gate, up) }
+}
+
+fn rope(p: &RopeParams, x: &mut [f32], head_dim: usize, cache: &[f32]) {
+    debug_assert!(avx2_detected());
+    // SAFETY: handed out only after run-time detection of avx2, fma and f16c; safe code inside.
+    unsafe { rope_fma(p, x, head_dim, cache) }
+}
+
+/// The scalar RoPE body compiled with hardware FMA: the same bits as the scalar twin.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rope_fma(p: &RopeParams, x: &mut [f32], head_dim: usize, cache: &[f32]) {
+    p.apply_scalar(x, head_dim, cache)
 }
 
 /// The scalar SwiGLU body compiled with hardware FMA (and free to vectorize): `mul_add` is
@@ -126,21 +131,13 @@ const MAX_GROUP: usize = 8;
 /// cache, each K and V row loaded once for the whole group; each head's arithmetic is exactly
 /// the single-head scalar form's.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_decode_avx2(
-    q: &[f32],
-    k: &[f16],
-    v: &[f16],
-    n_pos: usize,
-    kv_head: usize,
-    s: &AttnShape,
-    out: &mut [f32],
-) {
+unsafe fn attend_decode_avx2(q: &[f32], kv: &KvSpan, s: &AttnShape, out: &mut [f32]) {
     let span = MAX_GROUP * s.head_dim;
     for (qg, og) in q.chunks(span).zip(out.chunks_mut(span)) {
         match s.head_dim {
-            64 => attend_group_3pass::<8>(qg, k, v, n_pos, kv_head, s, og),
-            128 => attend_group_3pass::<16>(qg, k, v, n_pos, kv_head, s, og),
-            _ => attend_group(qg, k, v, n_pos, kv_head, s, og),
+            64 => attend_group_3pass::<8>(qg, kv, s, og),
+            128 => attend_group_3pass::<16>(qg, kv, s, og),
+            _ => attend_group(qg, kv, s, og),
         }
     }
 }
@@ -158,20 +155,15 @@ const CHUNK: usize = 256;
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_group_3pass<const NV: usize>(
     q: &[f32],
-    k: &[f16],
-    v: &[f16],
-    n_pos: usize,
-    kv_head: usize,
+    kv: &KvSpan,
     s: &AttnShape,
     out: &mut [f32],
 ) {
     let hd = 8 * NV;
     debug_assert_eq!(s.head_dim, hd);
     let g = q.len() / hd;
-    let row = s.n_head_kv * hd;
-    let off = kv_head * hd;
+    let h_kv = kv.kv_head;
     assert!(g <= MAX_GROUP && out.len() >= g * hd);
-    assert!(n_pos == 0 || k.len().min(v.len()) >= (n_pos - 1) * row + off + hd);
     // The queries rounded to f16, as 8-lane vectors.
     let mut qh = [[_mm256_setzero_ps(); NV]; MAX_GROUP];
     for (h, qh) in qh.iter_mut().enumerate().take(g) {
@@ -185,10 +177,16 @@ unsafe fn attend_group_3pass<const NV: usize>(
     let mut score = [[0f32; CHUNK]; MAX_GROUP];
     let mut mss = [[0f32; CHUNK]; MAX_GROUP];
     let mut vss = [[0f32; CHUNK]; MAX_GROUP];
-    for c0 in (0..n_pos).step_by(CHUNK) {
-        let nc = (n_pos - c0).min(CHUNK);
-        for i in 0..nc {
-            let kr = &k[(c0 + i) * row + off..][..hd];
+    for c0 in (kv.first..kv.n_pos).step_by(CHUNK) {
+        let nc = (kv.n_pos - c0).min(CHUNK);
+        for (i, p) in (c0..c0 + nc).enumerate() {
+            if p % KV_BLOCK == 0 && p + KV_BLOCK < kv.n_pos {
+                // The next block's rows of this head (contiguous): K for this pass, V for the
+                // value pass.
+                prefetch_rows(kv.k.row(p + KV_BLOCK, h_kv, s));
+                prefetch_rows(kv.v.row(p + KV_BLOCK, h_kv, s));
+            }
+            let kr = kv.k.row(p, h_kv, s);
             let kf: [__m256; NV] = std::array::from_fn(|j| load_f16x8(&kr[8 * j..]));
             for h in 0..g {
                 score[h][i] = dot_ggml_order::<NV>(&kf, &qh[h]) * s.scale;
@@ -240,7 +238,7 @@ unsafe fn attend_group_3pass<const NV: usize>(
             };
             let mut a0v = *a0;
             for i in 0..nc {
-                let vr = &v[(c0 + i) * row + off..][..hd];
+                let vr = kv.v.row(c0 + i, h_kv, s);
                 let vf: [__m256; NV] = std::array::from_fn(|j| load_f16x8(&vr[8 * j..]));
                 v_step(&mut a0v, &vf, mss[h][i], vss[h][i]);
                 if hb == 2 {
@@ -260,6 +258,16 @@ unsafe fn attend_group_3pass<const NV: usize>(
         for (j, &x) in acc[h].iter().enumerate() {
             store_f32x8(&mut out[h * hd + 8 * j..], _mm256_mul_ps(x, iv));
         }
+    }
+}
+
+/// Ask for the cache lines of the `KV_BLOCK` rows of one head starting at `first` (a block's
+/// rows of one head are contiguous; hints only, `wrapping_add` keeps the addresses defined).
+#[inline(always)]
+unsafe fn prefetch_rows(first: &[f16]) {
+    let p = first.as_ptr().cast::<i8>();
+    for line in (0..first.len() * 2 * KV_BLOCK).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
     }
 }
 
@@ -373,19 +381,9 @@ unsafe fn dot_ggml_order<const NV: usize>(kf: &[__m256; NV], q: &[__m256; NV]) -
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_group(
-    q: &[f32],
-    k: &[f16],
-    v: &[f16],
-    n_pos: usize,
-    kv_head: usize,
-    s: &AttnShape,
-    out: &mut [f32],
-) {
+unsafe fn attend_group(q: &[f32], kv: &KvSpan, s: &AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
     let g = q.len() / hd;
-    let row = s.n_head_kv * hd;
-    let off = kv_head * hd;
     let vec_end = hd & !7;
     let mut qh = [[0f32; 512]; MAX_GROUP];
     for (h, qh) in qh.iter_mut().enumerate().take(g) {
@@ -400,9 +398,9 @@ unsafe fn attend_group(
     let mut acc = [[0f32; 512]; MAX_GROUP];
     let mut max = [f32::NEG_INFINITY; MAX_GROUP];
     let mut sum = [0f32; MAX_GROUP];
-    for p in 0..n_pos {
-        let kr = &k[p * row + off..p * row + off + hd];
-        let vr = &v[p * row + off..p * row + off + hd];
+    for p in kv.first..kv.n_pos {
+        let kr = kv.k.row(p, kv.kv_head, s);
+        let vr = kv.v.row(p, kv.kv_head, s);
         for h in 0..g {
             let acc = &mut acc[h][..hd];
             let score = dot_f16_ggml_order(kr, &qh[h][..hd]) * s.scale;
@@ -411,7 +409,7 @@ unsafe fn attend_group(
             if score > max[h] {
                 let old = max[h];
                 max[h] = score;
-                ms = (old - score).exp();
+                ms = crate::ops::expf_glibc(old - score);
                 let m = _mm256_set1_ps(ms);
                 for i in (0..vec_end).step_by(8) {
                     let a = load_f32x8(&acc[i..]);
@@ -421,7 +419,7 @@ unsafe fn attend_group(
                     *a = f16::from_f32(*a * ms).to_f32();
                 }
             } else {
-                vs = (score - max[h]).exp();
+                vs = crate::ops::expf_glibc(score - max[h]);
             }
             let w = _mm256_set1_ps(vs);
             for i in (0..vec_end).step_by(8) {

@@ -187,17 +187,21 @@ impl Moe {
 #[derive(Default)]
 struct Workspace {
     cap: usize,
-    x: Vec<f32>,     // [n, n_embd]
-    q: Vec<f32>,     // [n, n_head * head_dim]
-    k: Vec<f32>,     // [n, n_head_kv * head_dim]
-    v: Vec<f32>,     // [n, n_head_kv * head_dim]
-    att: Vec<f32>,   // [n, n_head * head_dim]
-    gate: Vec<f32>,  // [n, n_ff]: silu(gate) * up
-    out_x: Vec<f32>, // [n_out, n_embd]
-    y: Vec<f32>,     // [n, n_embd]: a sublayer's output before its post-norm
-    head: Vec<f32>,  // [head_dim]
+    x: Vec<f32>,        // [n, n_embd]
+    q: Vec<f32>,        // [n, n_head * head_dim]
+    k: Vec<f32>,        // [n, n_head_kv * head_dim]
+    v: Vec<f32>,        // [n, n_head_kv * head_dim]
+    att: Vec<f32>,      // [n, n_head * head_dim]
+    gate: Vec<f32>,     // [n, n_ff]: silu(gate) * up
+    out_x: Vec<f32>,    // [n_out, n_embd]
+    y: Vec<f32>,        // [n, n_embd]: a sublayer's output before its post-norm
+    head: Vec<f32>,     // [head_dim]
     kf: Vec<f32>, // [n_head_kv, head_dim, p_pad]: one sequence's K transposed to f32 (prompt batches)
     vf: Vec<f32>, // [n_pos, n_head_kv * head_dim]: same for V
+    kg: Vec<half::f16>, // [n_pos, n_head_kv * head_dim]: one sequence's K gathered from its blocks
+    vg: Vec<half::f16>, // [n_pos, n_head_kv * head_dim]: same for V
+    /// Batch indices of the tokens taking the decode attention kernel.
+    decode_toks: Vec<usize>,
     rope: Vec<f32>, // [rope_dims]
     mm: MatmulScratch,
     moe: MoeScratch,
@@ -513,9 +517,86 @@ impl Decoder {
                     kv.n_seq()
                 )));
             }
+            let seq = batch.seq[i] as usize;
+            if batch.pos[i] as usize >= kv.capacity(seq) {
+                return Err(Error::invalid(format!(
+                    "sequence {seq} has no KV block for position {}",
+                    batch.pos[i]
+                )));
+            }
         }
         Ok(())
     }
+}
+
+/// Attention of a run of 64 or more consecutive batch tokens `t0..t1` of one sequence (a
+/// prompt chunk): the sequence's cache rows gathered from their blocks; without a window that
+/// has moved past the first key, converted once to f32 (K transposed) for the tiled kernel,
+/// otherwise read by the f32 online-softmax kernel from the window's start. One work item per
+/// (token, head); outputs go to `att` (`[n, n_head * head_dim]`).
+#[allow(clippy::too_many_arguments)]
+fn attend_run(
+    pool: &ThreadPool,
+    kv: &KvCache,
+    il: usize,
+    (batch, t0, t1): (&Batch, usize, usize),
+    q: &[f32],
+    att: &SharedMut<f32>,
+    shape: &AttnShape,
+    start: &(dyn Fn(usize) -> usize + Sync),
+    (kg, vg, kf, vf): (
+        &mut Vec<half::f16>,
+        &mut Vec<half::f16>,
+        &mut Vec<f32>,
+        &mut Vec<f32>,
+    ),
+) {
+    let (hd, n_head) = (shape.head_dim, shape.n_head);
+    let (qd, kvd) = (n_head * hd, shape.n_head_kv * hd);
+    let group = n_head / shape.n_head_kv;
+    let seq = batch.seq[t0] as usize;
+    let n_pos = (t0..t1)
+        .map(|t| batch.pos[t] as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let len = n_pos * kvd;
+    for b in [&mut *kg, &mut *vg] {
+        if b.len() < len {
+            b.resize(len, half::f16::ZERO);
+        }
+    }
+    kv.gather(il, seq, n_pos, &mut kg[..len], &mut vg[..len]);
+    // The tiled kernel reads whole 64-position tiles from position 0: windowed layers take it
+    // only while no query's window has moved past the first key.
+    let tiled = (t0..t1).all(|t| start(t) == 0);
+    let p_pad = n_pos.div_ceil(ops::ATTN_TILE) * ops::ATTN_TILE;
+    if tiled {
+        if kf.len() < p_pad * kvd {
+            kf.resize(p_pad * kvd, 0.0);
+        }
+        if vf.len() < len {
+            vf.resize(len, 0.0);
+        }
+        ops::transpose_k(&kg[..len], n_pos, shape, p_pad, kf);
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(&vg[..len], &mut vf[..len]);
+    }
+    let (kg, vg, kf, vf) = (&kg[..len], &vg[..len], &kf[..], &vf[..]);
+    pool.for_chunks((t1 - t0) * n_head, 1, &|items| {
+        for item in items {
+            let (t, h) = (t0 + item / n_head, item % n_head);
+            let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+            // SAFETY: each (token, head) output slice is written by one item.
+            let dst = unsafe { att.slice(t * qd + h * hd, hd) };
+            let n_vis = batch.pos[t] as usize + 1;
+            if tiled {
+                ops::attend_prompt(qh, kf, p_pad, vf, n_vis, h / group, shape, dst);
+            } else {
+                let s0 = start(t);
+                let (kc, vc) = (&kg[s0 * kvd..], &vg[s0 * kvd..]);
+                ops::attend_head(qh, kc, vc, n_vis - s0, h / group, shape, dst);
+            }
+        }
+    });
 }
 
 /// `x += w · a`, or with a post-norm `x += rmsnorm(w · a) * norm` (through `y` and `yn`,
@@ -684,6 +765,7 @@ impl Model for Decoder {
         KvShape {
             n_layer: self.hp.n_layer,
             n_kv_dim: self.hp.n_kv_dim(),
+            head_dim: self.hp.head_dim,
         }
     }
 
@@ -783,13 +865,38 @@ impl Model for Decoder {
                 (_, Some((n_orig, r))) if kv.n_ctx().div_ceil(256) * 256 > *n_orig => r,
                 _ => &self.rope,
             };
-            for t in 0..n {
-                rope.cache(batch.pos[t] as i64, &mut ws.rope);
-                rope.apply(&mut q[t * qd..(t + 1) * qd], hd, &ws.rope);
-                rope.apply(&mut k[t * kvd..(t + 1) * kvd], hd, &ws.rope);
+            let rope_token = |t: usize, q: &mut [f32], k: &mut [f32], c: &mut [f32]| {
+                rope.cache(batch.pos[t] as i64, c);
+                rope.apply(q, hd, c);
+                rope.apply(k, hd, c);
                 if let Some(s) = self.q_scale {
-                    q[t * qd..(t + 1) * qd].iter_mut().for_each(|v| *v *= s);
+                    q.iter_mut().for_each(|v| *v *= s);
                 }
+            };
+            const ROPE_MAX: usize = 512;
+            if n == 1 || rope.n_dims > ROPE_MAX {
+                for t in 0..n {
+                    rope_token(
+                        t,
+                        &mut q[t * qd..(t + 1) * qd],
+                        &mut k[t * kvd..(t + 1) * kvd],
+                        &mut ws.rope,
+                    );
+                }
+            } else {
+                // One token per work item: the rotations are the serial part of a decode
+                // batch otherwise.
+                let (pq, pk) = (SharedMut::new(q), SharedMut::new(k));
+                pool.for_chunks(n, 1, &|ts| {
+                    let mut c = [0f32; ROPE_MAX];
+                    for t in ts {
+                        // SAFETY: token t's rows of q and k are touched by this item only.
+                        let (qt, kt) = unsafe { (pq.slice(t * qd, qd), pk.slice(t * kvd, kvd)) };
+                        rope_token(t, qt, kt, &mut c[..rope.n_dims]);
+                    }
+                });
+            }
+            for t in 0..n {
                 kv.store(
                     il,
                     batch.seq[t] as usize,
@@ -802,96 +909,69 @@ impl Model for Decoder {
                 let kv = &*kv;
                 let q = &*q;
                 let pa = SharedMut::new(att);
-                // Like llama.cpp's CPU flash attention: batches under 64 query tokens take
-                // its f16 one-chunk path, larger ones its f32 tiled path. A single-sequence
-                // prompt batch converts the cache rows it reads to f32 once per layer.
-                let single_seq = batch.seq.iter().all(|&s| s == batch.seq[0]);
-                let n_pos = batch.pos.iter().max().map_or(0, |&p| p as usize + 1);
                 let start = |t: usize| {
                     self.swa
                         .as_ref()
                         .map_or(0, |(w, _)| w.start(il, batch.pos[t] as usize))
                 };
-                // The f32 path reads whole 64-position tiles from position 0: windowed layers
-                // take it only while no query's window has moved past the first key.
-                let f32_path = n >= 64 && single_seq && (0..n).all(|t| start(t) == 0);
-                let p_pad = n_pos.div_ceil(ops::ATTN_TILE) * ops::ATTN_TILE;
-                if f32_path {
-                    let (kc, vc) = kv.seq_layer(il, batch.seq[0] as usize);
-                    let len = n_pos * kvd;
-                    if ws.kf.len() < p_pad * kvd {
-                        ws.kf.resize(p_pad * kvd, 0.0);
-                    }
-                    if ws.vf.len() < len {
-                        ws.vf.resize(len, 0.0);
-                    }
-                    ops::transpose_k(kc, n_pos, &shape, p_pad, &mut ws.kf);
-                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
-                        &vc[..len],
-                        &mut ws.vf[..len],
-                    );
+                // Like llama.cpp's CPU flash attention: under 64 query tokens, its f16
+                // one-chunk path; 64 or more, its f32 tiled path. The choice is made per run of
+                // one sequence's tokens, so a sequence gets the same arithmetic whatever else
+                // shares the batch (other sequences' decode tokens, say).
+                ws.decode_toks.clear();
+                let mut t0 = 0;
+                while t0 < n {
+                    let seq = batch.seq[t0];
+                    let t1 = (t0..n).find(|&t| batch.seq[t] != seq).unwrap_or(n);
+                    t0 = if t1 - t0 < 64 {
+                        ws.decode_toks.extend(t0..t1);
+                        t1
+                    } else {
+                        attend_run(
+                            pool,
+                            kv,
+                            il,
+                            (batch, t0, t1),
+                            q,
+                            &pa,
+                            &shape,
+                            &start,
+                            (&mut ws.kg, &mut ws.vg, &mut ws.kf, &mut ws.vf),
+                        );
+                        t1
+                    };
                 }
-                let (kf, vf) = (&ws.kf[..], &ws.vf[..]);
-                if n < 64 {
-                    // Work items are (token, part of a GQA group): the heads of one item share
-                    // each K/V row they read. Groups are split only as far as needed to keep
-                    // every thread busy.
+                // The decode kernel reads the blocks in place. Work items are (token, part of
+                // a GQA group): the heads of one item share each K/V row they read. Groups are
+                // split only as far as needed to keep every thread busy.
+                let toks = &ws.decode_toks[..];
+                let nd = toks.len();
+                if nd > 0 {
                     let parts = (4 * pool.n_threads())
-                        .div_ceil(n * hp.n_head_kv)
+                        .div_ceil(nd * hp.n_head_kv)
                         .clamp(1, group);
                     let per_item = group.div_ceil(parts);
                     let items_per_group = group.div_ceil(per_item);
                     let per_tok = hp.n_head_kv * items_per_group;
-                    pool.for_chunks(n * per_tok, 1, &|items| {
+                    pool.for_chunks(nd * per_tok, 1, &|items| {
                         for item in items {
-                            let (t, rest) = (item / per_tok, item % per_tok);
+                            let (t, rest) = (toks[item / per_tok], item % per_tok);
                             let (g, part) = (rest / items_per_group, rest % items_per_group);
                             let h0 = g * group + part * per_item;
                             let nh = per_item.min((g + 1) * group - h0);
-                            let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
-                            // The window's keys only (llama.cpp skips masked positions).
-                            let s0 = start(t);
-                            let (kc, vc) = (&kc[s0 * kvd..], &vc[s0 * kvd..]);
+                            let (kb, vb) = kv.view(il, batch.seq[t] as usize);
                             let span = t * qd + h0 * hd..t * qd + (h0 + nh) * hd;
                             // SAFETY: each (token, heads) output slice is written by one item.
                             let dst = unsafe { pa.slice(span.start, span.len()) };
-                            ops::attend_head_decode(
-                                &q[span],
-                                kc,
-                                vc,
-                                batch.pos[t] as usize + 1 - s0,
-                                g,
-                                &shape,
-                                dst,
-                            );
-                        }
-                    });
-                } else {
-                    // One work item per (token, head).
-                    pool.for_chunks(n * hp.n_head, 1, &|items| {
-                        for item in items {
-                            let (t, h) = (item / hp.n_head, item % hp.n_head);
-                            let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
-                            // SAFETY: each (token, head) output slice is written by one item.
-                            let dst = unsafe { pa.slice(t * qd + h * hd, hd) };
-                            let n_pos = batch.pos[t] as usize + 1;
-                            if f32_path {
-                                ops::attend_prompt(
-                                    qh,
-                                    kf,
-                                    p_pad,
-                                    vf,
-                                    n_pos,
-                                    h / group,
-                                    &shape,
-                                    dst,
-                                );
-                            } else {
-                                let (kc, vc) = kv.seq_layer(il, batch.seq[t] as usize);
-                                let s0 = start(t);
-                                let (kc, vc) = (&kc[s0 * kvd..], &vc[s0 * kvd..]);
-                                ops::attend_head(qh, kc, vc, n_pos - s0, h / group, &shape, dst);
-                            }
+                            let kvs = ops::KvSpan {
+                                k: kb,
+                                v: vb,
+                                kv_head: g,
+                                // The window's keys only (llama.cpp skips masked positions).
+                                first: start(t),
+                                n_pos: batch.pos[t] as usize + 1,
+                            };
+                            ops::attend_head_decode(&q[span], &kvs, &shape, dst);
                         }
                     });
                 }

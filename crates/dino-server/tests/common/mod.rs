@@ -196,7 +196,10 @@ impl Backend for Mock {
             queue_depth: 2,
             running: 3,
             kv_blocks_used: 10,
+            kv_blocks_cached: 5,
             kv_blocks_total: 100,
+            prefix_tokens_reused: 7,
+            preemptions: 1,
         }
     }
 }
