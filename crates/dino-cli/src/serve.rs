@@ -294,6 +294,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
             a.kv_memory.unwrap_or(0)
         );
     }
+    let n_blocks = kv_blocks.unwrap_or(a.parallel.max(1) * n_ctx.div_ceil(batch::KV_BLOCK));
     let backend = Arc::new(EngineBackend::new(
         engine.clone(),
         BatchConfig {
@@ -327,8 +328,12 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let addr = listener.local_addr()?;
         eprintln!(
-            "serving {model_id} on http://{addr}/v1 ({} sequences of {n_ctx} tokens; {})",
+            "serving {model_id} on http://{addr}/v1 ({} sequences of up to {n_ctx} tokens, \
+             KV cache {:.0} MiB in {} blocks of {}; {})",
             a.parallel,
+            (n_blocks as u64 * block_bytes) as f64 / (1 << 20) as f64,
+            n_blocks,
+            batch::KV_BLOCK,
             if config.api_key.is_some() {
                 "API key required"
             } else {
