@@ -254,7 +254,9 @@ pub fn op_kernels_for(isa: Isa) -> Option<&'static OpKernels> {
     match isa {
         Isa::Scalar => Some(&SCALAR),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => crate::x86::avx2_op_kernels(),
+        Isa::Avx2 => crate::x86::avx2_op_kernels(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => crate::x86::avx512_op_kernels(),
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 | Isa::Avx512 => None,
     }

@@ -125,7 +125,7 @@ unsafe fn dot_f16_ggml_order(k: &[f16], q: &[f32]) -> f32 {
 }
 
 /// Query heads handled together (their accumulators live on the stack).
-const MAX_GROUP: usize = 8;
+pub(super) const MAX_GROUP: usize = 8;
 
 /// Every query head in `q` (`[n_q, head_dim]`, all reading `kv_head`: a GQA group) over the
 /// cache, each K and V row loaded once for the whole group; each head's arithmetic is exactly
@@ -137,15 +137,24 @@ unsafe fn attend_decode_avx2(q: &[f32], kv: &KvSpan, s: &AttnShape, out: &mut [f
         match s.head_dim {
             64 => attend_group_3pass::<8>(qg, kv, s, og),
             128 => attend_group_3pass::<16>(qg, kv, s, og),
-            _ => attend_group(qg, kv, s, og),
+            _ => attend_decode_group_avx2(qg, kv, s, og),
         }
     }
 }
 
 /// Positions per pass of [`attend_group_3pass`].
 const CHUNK: usize = 256;
+pub(super) const SCRATCH_CHUNK: usize = CHUNK;
 
-/// [`attend_group`] for a head size of `8 * NV`, in three passes over each chunk of positions,
+/// Scores, rescale factors and value weights of the three-pass kernels (`MAX_GROUP` rows of
+/// `CHUNK` each).
+pub(super) type Scratch<'a> = (
+    &'a mut [[f32; CHUNK]],
+    &'a mut [[f32; CHUNK]],
+    &'a mut [[f32; CHUNK]],
+);
+
+/// [`attend_decode_group_avx2`] for a head size of `8 * NV`, in three passes over each chunk of positions,
 /// with the same arithmetic in the same order: every score (each K row converted once for the
 /// whole group); then each head's running maximum, exponentials and sum (scalar, as before);
 /// then each head's f16-rounded accumulator over the values, held in `NV` registers instead of
@@ -158,6 +167,84 @@ unsafe fn attend_group_3pass<const NV: usize>(
     kv: &KvSpan,
     s: &AttnShape,
     out: &mut [f32],
+) {
+    // SAFETY: same target features as this function.
+    with_scratch(|sc| unsafe { three_passes::<NV>(q, kv, s, out, sc) })
+}
+
+thread_local! {
+    /// Per thread: scores, then rescale factors and value weights, of the three-pass kernels
+    /// (`[3 * MAX_GROUP][CHUNK]`): made once, not zeroed on the stack at every call.
+    static SCRATCH: std::cell::RefCell<Vec<[f32; CHUNK]>> =
+        std::cell::RefCell::new(vec![[0f32; CHUNK]; 3 * MAX_GROUP]);
+}
+
+/// Run `f` on this thread's scratch rows (scores, rescale factors, value weights).
+pub(super) fn with_scratch<R>(f: impl FnOnce(Scratch<'_>) -> R) -> R {
+    SCRATCH.with(|sc| {
+        let sc = &mut *sc.borrow_mut();
+        let (score, rest) = sc.split_at_mut(MAX_GROUP);
+        let (mss, vss) = rest.split_at_mut(MAX_GROUP);
+        f((score, mss, vss))
+    })
+}
+
+/// One head's softmax pass over a chunk of scores: the running maximum first (each position's
+/// exponent is `old max - score` at a new maximum and `score - max` otherwise), then the
+/// exponentials 8 at a time (glibc's `expf`, bit for bit), then the sum in order. Writes each
+/// position's rescale factor (`mss`, 1 unless the maximum rose) and value weight (`vss`).
+pub(super) fn softmax_weights(
+    score: &[f32],
+    mss: &mut [f32],
+    vss: &mut [f32],
+    max: &mut f32,
+    sum: &mut f32,
+) {
+    debug_assert!(avx2_detected());
+    // SAFETY: called only from kernels handed out after detection of avx2, fma and f16c.
+    unsafe { softmax_weights_avx2(score, mss, vss, max, sum) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_weights_avx2(
+    score: &[f32],
+    mss: &mut [f32],
+    vss: &mut [f32],
+    max: &mut f32,
+    sum: &mut f32,
+) {
+    let mut m = *max;
+    for ((&sc, ms), vs) in score.iter().zip(mss.iter_mut()).zip(vss.iter_mut()) {
+        if sc > m {
+            *ms = m - sc;
+            *vs = f32::NAN; // marks a new maximum
+            m = sc;
+        } else {
+            *ms = sc - m;
+            *vs = 1.0;
+        }
+    }
+    *max = m;
+    expf_in_place(mss);
+    let mut sm = *sum;
+    for (ms, vs) in mss.iter_mut().zip(vss.iter_mut()) {
+        let e = *ms;
+        (*ms, *vs) = if vs.is_nan() { (e, 1.0) } else { (1.0, e) };
+        sm = sm.mul_add(*ms, *vs); // contracted as GCC compiles ggml's `S*ms + vs`
+    }
+    *sum = sm;
+}
+
+/// The body of [`attend_group_3pass`], over scratch rows for the scores, the rescale factors
+/// and the value weights (`MAX_GROUP` rows of `CHUNK` each).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn three_passes<const NV: usize>(
+    q: &[f32],
+    kv: &KvSpan,
+    s: &AttnShape,
+    out: &mut [f32],
+    (score, mss, vss): Scratch<'_>,
 ) {
     let hd = 8 * NV;
     debug_assert_eq!(s.head_dim, hd);
@@ -174,9 +261,6 @@ unsafe fn attend_group_3pass<const NV: usize>(
     let mut acc = [[_mm256_setzero_ps(); NV]; MAX_GROUP];
     let mut max = [f32::NEG_INFINITY; MAX_GROUP];
     let mut sum = [0f32; MAX_GROUP];
-    let mut score = [[0f32; CHUNK]; MAX_GROUP];
-    let mut mss = [[0f32; CHUNK]; MAX_GROUP];
-    let mut vss = [[0f32; CHUNK]; MAX_GROUP];
     for c0 in (kv.first..kv.n_pos).step_by(CHUNK) {
         let nc = (kv.n_pos - c0).min(CHUNK);
         for (i, p) in (c0..c0 + nc).enumerate() {
@@ -193,36 +277,13 @@ unsafe fn attend_group_3pass<const NV: usize>(
             }
         }
         for h in 0..g {
-            // The running maximum first: each position's exponent is `old max - score` at a
-            // new maximum and `score - max` otherwise; then the exponentials 8 at a time
-            // (glibc's `expf`, bit for bit); then the sum in order.
-            let mut m = max[h];
-            for i in 0..nc {
-                let sc = score[h][i];
-                if sc > m {
-                    mss[h][i] = m - sc;
-                    vss[h][i] = f32::NAN;
-                    m = sc;
-                } else {
-                    mss[h][i] = sc - m;
-                    vss[h][i] = 1.0;
-                }
-            }
-            max[h] = m;
-            expf_in_place(&mut mss[h][..nc]);
-            let mut sm = sum[h];
-            for i in 0..nc {
-                let e = mss[h][i];
-                let (ms, vs) = if vss[h][i].is_nan() {
-                    (e, 1.0)
-                } else {
-                    (1.0, e)
-                };
-                mss[h][i] = ms;
-                vss[h][i] = vs;
-                sm = sm.mul_add(ms, vs); // contracted as GCC compiles ggml's `S*ms + vs`
-            }
-            sum[h] = sm;
+            softmax_weights(
+                &score[h][..nc],
+                &mut mss[h][..nc],
+                &mut vss[h][..nc],
+                &mut max[h],
+                &mut sum[h],
+            );
         }
         // Two heads at a time: their accumulator chains are independent, so each hides the
         // other's convert-round-FMA latency.
@@ -264,7 +325,7 @@ unsafe fn attend_group_3pass<const NV: usize>(
 /// Ask for the cache lines of the `KV_BLOCK` rows of one head starting at `first` (a block's
 /// rows of one head are contiguous; hints only, `wrapping_add` keeps the addresses defined).
 #[inline(always)]
-unsafe fn prefetch_rows(first: &[f16]) {
+pub(super) unsafe fn prefetch_rows(first: &[f16]) {
     let p = first.as_ptr().cast::<i8>();
     for line in (0..first.len() * 2 * KV_BLOCK).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
@@ -381,7 +442,12 @@ unsafe fn dot_ggml_order<const NV: usize>(kf: &[__m256; NV], q: &[__m256; NV]) -
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_group(q: &[f32], kv: &KvSpan, s: &AttnShape, out: &mut [f32]) {
+pub(super) unsafe fn attend_decode_group_avx2(
+    q: &[f32],
+    kv: &KvSpan,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
     let hd = s.head_dim;
     let g = q.len() / hd;
     let vec_end = hd & !7;

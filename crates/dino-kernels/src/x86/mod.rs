@@ -6,6 +6,7 @@
 #[macro_use]
 mod avx2;
 mod attn;
+mod attn512;
 mod avx512;
 mod panel;
 mod tiles;
@@ -13,5 +14,6 @@ mod tiles_float;
 mod tiles_k;
 
 pub(crate) use attn::avx2_op_kernels;
+pub(crate) use attn512::avx512_op_kernels;
 pub(crate) use avx2::{avx2_detected, avx2_kernels};
 pub(crate) use avx512::{avx512_detected, avx512_kernels};
