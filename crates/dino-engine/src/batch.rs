@@ -132,6 +132,8 @@ pub enum SubmitError {
     Stopped,
 }
 
+impl std::error::Error for SubmitError {}
+
 impl std::fmt::Display for SubmitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

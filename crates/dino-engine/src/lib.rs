@@ -1,5 +1,53 @@
 //! The engine: loads a model and its tokenizer, owns the KV cache, runs generation with a
 //! sampler chain, computes perplexity, and reports timings and memory.
+//!
+//! Dino as a library: load a model with [`Engine::load`] (a GGUF file or a Hugging Face
+//! directory), stream a generation through a callback with [`generate`], render a chat with
+//! `dino_tokenizer::chat::ChatTemplate::for_model`, and serve many requests from one
+//! continuously batched engine with [`batch::BatchEngine`]. `examples/library.rs` does all four
+//! (`cargo run --release -p dino-engine --example library -- MODEL.gguf`).
+//!
+//! ```no_run
+//! use dino_engine::{generate, Engine, EngineOptions, GenerateParams};
+//! use std::ops::ControlFlow;
+//!
+//! # fn main() -> dino_core::Result<()> {
+//! let engine = Engine::load("SmolLM2-135M-Instruct.Q4_1.gguf", &EngineOptions::default())?;
+//! let prompt = engine.tokenizer.encode("Once upon a time", true, false)?;
+//! let mut kv = engine.new_kv(512)?;
+//! generate(&engine, &mut kv, &prompt, &GenerateParams::default(), |_id, text| {
+//!     print!("{text}");
+//!     ControlFlow::Continue(())
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ```no_run
+//! use dino_engine::batch::{BatchConfig, BatchEngine, GenEvent, GenRequest};
+//! use dino_engine::{Engine, EngineOptions, SamplerConfig};
+//! use std::sync::Arc;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Arc::new(Engine::load("model.gguf", &EngineOptions::default())?);
+//! let batch = BatchEngine::start(engine.clone(), BatchConfig::default())?;
+//! let mut rx = batch.submit(GenRequest {
+//!     prompt: engine.tokenizer.encode("Hello", true, false)?,
+//!     max_tokens: 16,
+//!     sampler: SamplerConfig::greedy(),
+//!     stop: vec![],
+//!     logprobs: None,
+//!     stop_at_eog: true,
+//! })?;
+//! while let Some(ev) = rx.blocking_recv() {
+//!     match ev {
+//!         GenEvent::Token { text, .. } => print!("{text}"),
+//!         GenEvent::Done { .. } | GenEvent::Error(_) => break,
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod batch;
 pub mod bench;
