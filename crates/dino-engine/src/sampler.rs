@@ -145,6 +145,14 @@ impl Sampler {
     /// Pick the next token from `logits` given the tokens so far (`history`, prompt included).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let cfg = &self.cfg;
+        let no_penalties = cfg.repeat_penalty == 1.0
+            && cfg.frequency_penalty == 0.0
+            && cfg.presence_penalty == 0.0;
+        if cfg.temperature <= 0.0 && no_penalties {
+            // Plain greedy: the argmax of the logits as they are (the same choice as below,
+            // without copying the vocabulary into candidates).
+            return argmax(logits);
+        }
         self.cands.clear();
         self.cands
             .extend(logits.iter().enumerate().map(|(i, &l)| Cand {
@@ -218,6 +226,18 @@ impl Sampler {
     }
 }
 
+/// The index of the largest logit; ties go to the lowest index (llama.cpp's greedy sampler),
+/// and a NaN is never chosen over a number: the choice of a scan keeping the first strictly
+/// larger value, in two passes that vectorize (the maximum, then its first position).
+fn argmax(logits: &[f32]) -> u32 {
+    if logits.first().is_none_or(|l| l.is_nan()) {
+        // The scan starts from entry 0 and nothing compares greater than a NaN.
+        return 0;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    logits.iter().position(|&l| l == max).unwrap_or(0) as u32
+}
+
 fn apply_penalties(cands: &mut [Cand], history: &[u32], cfg: &SamplerConfig) {
     if cfg.repeat_penalty == 1.0 && cfg.frequency_penalty == 0.0 && cfg.presence_penalty == 0.0 {
         return;
@@ -244,6 +264,39 @@ fn apply_penalties(cands: &mut [Cand], history: &[u32], cfg: &SamplerConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The greedy fast path picks what the candidate scan picks: ties to the lowest id, NaNs
+    /// and infinities included.
+    #[test]
+    fn argmax_equals_the_candidate_scan() {
+        let scan = |l: &[f32]| {
+            let mut best = 0;
+            for i in 1..l.len() {
+                if l[i] > l[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        let mut seed = 7u64;
+        for case in 0..400 {
+            let n = 1 + case % 97;
+            let mut l: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    ((seed >> 40) % 7) as f32 - 3.0
+                })
+                .collect();
+            match case % 5 {
+                1 => l[case % n] = f32::NAN,
+                2 => l[0] = f32::NAN,
+                3 => l.iter_mut().for_each(|x| *x = f32::NEG_INFINITY),
+                4 => l[n / 2] = f32::INFINITY,
+                _ => {}
+            }
+            assert_eq!(argmax(&l), scan(&l), "{l:?}");
+        }
+    }
 
     fn logits() -> Vec<f32> {
         (0..100).map(|i| ((i * 37 % 100) as f32) * 0.1).collect()
