@@ -1,8 +1,10 @@
-//! Multi-threaded `matmul` over matrices too large for the caches (weights streamed from
-//! memory), at small token counts: GMAC/s and the weight bytes read per second, per token count.
-//! What a decode step of `n` batched sequences costs in its products.
+//! Multi-threaded `matmul` over many matrices visited in turn (so each product finds its
+//! weights out of the near caches; `N_MAT=400` for DRAM), at small token counts: GMAC/s and the
+//! weight bytes read per second, per token count: what a decode step of `n` batched sequences
+//! costs in its products. "by hand" is the floor to compare with: the same tile kernel called
+//! directly, each thread on its half of the rows, activations quantized outside the timing.
 //!
-//! `cargo run --release -p dino-kernels --example gemm_stream [TYPE] [THREADS]`
+//! `[N_MAT=48] [N_OUT=1536] cargo run --release -p dino-kernels --example gemm_stream [TYPE] [THREADS]`
 use dino_core::GgmlType;
 use dino_kernels::matmul::{self, MatmulScratch, QMatrix};
 use dino_kernels::pool::ThreadPool;
@@ -23,8 +25,8 @@ fn main() {
         .unwrap_or(GgmlType::Q4_1);
     let threads: usize = args.get(2).map_or(2, |s| s.parse().expect("THREADS"));
     let pool = ThreadPool::new(threads);
-    // 48 matrices of 576 x 1536 (about SmolLM2's feed-forward, 24 layers' worth): 24 MB at
-    // 4.5 bits, visited in turn so each product finds its weights out of cache.
+    // N_MAT matrices of 576 x N_OUT (default 48 x 1536: about SmolLM2's feed-forward, 24
+    // layers' worth, 26 MB at 4.5 bits).
     let n_mat: usize = std::env::var("N_MAT").map_or(48, |s| s.parse().expect("N_MAT"));
     let n_out: usize = std::env::var("N_OUT").map_or(1536, |s| s.parse().expect("N_OUT"));
     let n_in = 576usize;
