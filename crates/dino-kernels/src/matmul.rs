@@ -10,6 +10,7 @@ use crate::dispatch::{self, Tile, TypeKernels};
 use crate::pool::{SharedMut, ThreadPool};
 use crate::scalar::panel::{self, ROWS};
 use dino_core::{Error, GgmlType, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A borrowed weight matrix in ggml layout: `n_out` rows of `n_in` elements of type `ty`.
 #[derive(Clone, Copy, Debug)]
@@ -294,31 +295,40 @@ pub fn matmul_fused(
             ),
         })
     });
-    {
-        let [a0, a1] = &mut scratch.act;
-        let pa = [SharedMut::new(a0), SharedMut::new(a1)];
-        let pxn = SharedMut::new(&mut scratch.xn);
-        pool.for_chunks(n_tokens, 4, &|r| {
-            for t in r {
-                let mut xr = &x[t * n_in..(t + 1) * n_in];
-                if let Some(nm) = norm {
-                    // SAFETY: token t's normalized row belongs to this chunk only.
-                    let xn = unsafe { pxn.slice(t * n_in, n_in) };
-                    crate::ops::rmsnorm(xr, nm.weight, nm.eps, xn);
-                    xr = xn;
-                }
-                for (p, q) in quantizers.iter().enumerate() {
-                    if let Some((quantize, row)) = q {
-                        // SAFETY: token t's activation rows belong to this chunk only.
-                        let dst = unsafe { pa[p].slice(t * row, *row) };
-                        quantize(xr, dst);
-                    }
+    let [a0, a1] = &mut scratch.act;
+    let pa = [SharedMut::new(a0), SharedMut::new(a1)];
+    let pxn = SharedMut::new(&mut scratch.xn);
+    // Quantizes tokens `r` (normalized first with a pre-norm); run by the product launch
+    // itself before its barrier, so a matmul is one launch.
+    let quantize = |r: std::ops::Range<usize>| {
+        for t in r {
+            let mut xr = &x[t * n_in..(t + 1) * n_in];
+            if let Some(nm) = norm {
+                // SAFETY: token t's normalized row belongs to this chunk only.
+                let xn = unsafe { pxn.slice(t * n_in, n_in) };
+                crate::ops::rmsnorm(xr, nm.weight, nm.eps, xn);
+                xr = xn;
+            }
+            for (p, q) in quantizers.iter().enumerate() {
+                if let Some((quantize, row)) = q {
+                    // SAFETY: token t's activation rows belong to this chunk only, and no
+                    // product reads them before the launch's barrier.
+                    let dst = unsafe { pa[p].slice(t * row, *row) };
+                    quantize(xr, dst);
                 }
             }
-        });
-    }
-    let acts: [&[u8]; 2] = [&scratch.act[0], &scratch.act[1]];
-    run_products(pool, mats, n_tokens, &acts, &slot, &quantizers, epilogue);
+        }
+    };
+    run_products(
+        pool,
+        mats,
+        n_tokens,
+        &pa,
+        &slot,
+        &quantizers,
+        epilogue,
+        &quantize,
+    );
 }
 
 /// The activation format a matrix reads: its type's `vec_dot` type, or the repacked layouts'.
@@ -343,21 +353,26 @@ fn kernels_of(w: &QMatrix) -> &'static TypeKernels {
     dispatch::kernels(w.ty).expect("QMatrix::new checked the type")
 }
 
-/// The product pass of [`matmul_fused`]: work items are (matrix, row chunk, token block).
+/// The product pass of [`matmul_fused`], in one launch: each thread first quantizes its share
+/// of the tokens' activations (`quantize`, in chunks of 4 tokens), all wait at a barrier, then
+/// work items (matrix, row chunk, token block) are claimed one at a time.
+#[allow(clippy::too_many_arguments)]
 fn run_products(
     pool: &ThreadPool,
     mats: &mut [(&QMatrix, &mut [f32])],
     n_tokens: usize,
-    acts: &[&[u8]; 2],
+    acts: &[SharedMut<u8>; 2],
     slot: &[usize; 4],
     quantizers: &[Option<Quantizer>; 2],
     epilogue: Epilogue,
+    quantize: &(dyn Fn(std::ops::Range<usize>) + Sync),
 ) {
     struct Job<'a> {
         w: QMatrix<'a>,
         k: &'static TypeKernels,
         out: SharedMut<f32>,
-        act: &'a [u8],
+        /// The activation rows (`act_row * n_tokens` bytes), written before the barrier.
+        act: SharedMut<u8>,
         act_row: usize,
         /// Items before this job's first.
         first_item: usize,
@@ -390,7 +405,7 @@ fn run_products(
             w: **w,
             k: kernels_of(w),
             out: SharedMut::new(out),
-            act: &acts[slot[i]][..act_row * n_tokens],
+            act: acts[slot[i]],
             act_row,
             first_item: n_items_per_tb,
         });
@@ -410,10 +425,25 @@ fn run_products(
     let tok_blocks = token_blocks(n_tokens, if uniform { n_gemm } else { 0 });
     let split_all = !uniform;
     let n_tb = tok_blocks.len;
-    pool.for_chunks(n_items_per_tb * n_tb, 1, &|items| {
+    let n_items = n_items_per_tb * n_tb;
+    let n_qchunks = n_tokens.div_ceil(QUANT_CHUNK);
+    let (next, arrived) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    pool.run_on(n_items.max(n_qchunks), &|tid, nt| {
+        for c in (tid..n_qchunks).step_by(nt) {
+            quantize(c * QUANT_CHUNK..((c + 1) * QUANT_CHUNK).min(n_tokens));
+        }
+        // Every thread's activations are written before any product reads them.
+        arrived.fetch_add(1, Ordering::AcqRel);
+        while arrived.load(Ordering::Acquire) < nt {
+            std::hint::spin_loop();
+        }
         TILE_BUFS.with(|bufs| {
             let (buf, buf_up) = &mut *bufs.borrow_mut();
-            for item in items {
+            loop {
+                let item = next.fetch_add(1, Ordering::Relaxed);
+                if item >= n_items {
+                    break;
+                }
                 // Row chunk major: the token blocks of one row chunk run back to back (on both
                 // threads at once), so its weights come from DRAM once per batch, not once per
                 // token block.
@@ -439,7 +469,9 @@ fn run_products(
                     compute_tile(
                         job.w,
                         job.k,
-                        job.act,
+                        // SAFETY: the activations were written before the barrier and are
+                        // only read after it.
+                        unsafe { job.act.slice_ref(0, job.act_row * n_tokens) },
                         job.act_row,
                         (r0, r1),
                         (t0, t1),
@@ -452,7 +484,8 @@ fn run_products(
                         compute_tile(
                             up.w,
                             up.k,
-                            up.act,
+                            // SAFETY: as the gate's, written before the barrier.
+                            unsafe { up.act.slice_ref(0, up.act_row * n_tokens) },
                             up.act_row,
                             (r0, r1),
                             (t0, t1),
@@ -555,6 +588,8 @@ const DECODE_CHUNKS_PER_THREAD: usize = 1;
 /// Batches of up to this many tokens are decode-like: their weights stream from memory once,
 /// in long per-thread chunks.
 const DECODE_TOKENS: usize = 16;
+/// Tokens per activation-quantizing chunk.
+const QUANT_CHUNK: usize = 4;
 /// Largest row chunk of one work item (in prompt batches).
 const ROW_CHUNK_MAX: usize = 32;
 /// Tokens per work item: their activations stay in L2 while the item's rows stream past.

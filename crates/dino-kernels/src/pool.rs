@@ -240,6 +240,14 @@ impl<T> SharedMut<T> {
         // SAFETY: guaranteed by the caller as documented.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
+
+    /// # Safety
+    /// `start..start+len` must lie inside the original slice, and no thread may write those
+    /// elements while the returned slice lives.
+    pub unsafe fn slice_ref(&self, start: usize, len: usize) -> &[T] {
+        // SAFETY: guaranteed by the caller as documented.
+        unsafe { std::slice::from_raw_parts(self.0.add(start), len) }
+    }
 }
 
 #[cfg(test)]
