@@ -294,16 +294,17 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
             a.kv_memory.unwrap_or(0)
         );
     }
-    let n_blocks = kv_blocks.unwrap_or(a.parallel.max(1) * n_ctx.div_ceil(batch::KV_BLOCK));
+    let batch_cfg = BatchConfig {
+        n_ctx,
+        n_seq: a.parallel.max(1),
+        n_batch: a.batch_size.max(1),
+        max_queue: a.max_queue,
+        kv_blocks,
+    };
+    let n_blocks = batch_cfg.n_blocks();
     let backend = Arc::new(EngineBackend::new(
         engine.clone(),
-        BatchConfig {
-            n_ctx,
-            n_seq: a.parallel.max(1),
-            n_batch: a.batch_size.max(1),
-            max_queue: a.max_queue,
-            kv_blocks,
-        },
+        batch_cfg,
         model_id.clone(),
     )?);
     let config = ServerConfig {

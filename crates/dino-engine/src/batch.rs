@@ -363,7 +363,7 @@ impl Waiting<'_> {
     }
 }
 
-/// The loop's KV state: the cache, its block pool and the counters it reports.
+/// The loop's KV state: the cache and its block pool, kept in step.
 struct Blocks {
     kv: KvCache,
     pool: BlockPool,

@@ -490,13 +490,20 @@ pub struct KvBlocks<'a> {
     pub table: &'a [u32],
 }
 
+/// Where position `p` of KV head `h` starts in a block store (`[n_blocks, n_head_kv, KV_BLOCK,
+/// head_dim]`) when `p` lives in block `block`: the one statement of the block layout.
+#[inline]
+pub fn kv_row_offset(block: usize, h: usize, p: usize, n_head_kv: usize, head_dim: usize) -> usize {
+    ((block * n_head_kv + h) * KV_BLOCK + p % KV_BLOCK) * head_dim
+}
+
 impl<'a> KvBlocks<'a> {
     /// Position `p` of KV head `h`: `[head_dim]`.
     #[inline]
     pub fn row(&self, p: usize, h: usize, s: &AttnShape) -> &'a [f16] {
         let hd = s.head_dim;
         let b = self.table[p / KV_BLOCK] as usize;
-        let at = ((b * s.n_head_kv + h) * KV_BLOCK + p % KV_BLOCK) * hd;
+        let at = kv_row_offset(b, h, p, s.n_head_kv, hd);
         &self.data[at..at + hd]
     }
 }
@@ -582,7 +589,7 @@ pub fn rows_to_blocks(rows: &[f16], n_pos: usize, s: &AttnShape, table: &[u32], 
     for p in 0..n_pos {
         for h in 0..s.n_head_kv {
             let b = table[p / KV_BLOCK] as usize;
-            let at = ((b * s.n_head_kv + h) * KV_BLOCK + p % KV_BLOCK) * hd;
+            let at = kv_row_offset(b, h, p, s.n_head_kv, hd);
             let src = (p * s.n_head_kv + h) * hd;
             store[at..at + hd].copy_from_slice(&rows[src..src + hd]);
         }

@@ -4,6 +4,7 @@ use dino_core::{Error, Result};
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
+use dino_kernels::ops::kv_row_offset;
 pub use dino_kernels::ops::{KvBlocks, KV_BLOCK};
 
 /// What one cached position holds, per layer.
@@ -190,7 +191,7 @@ impl KvCache {
             for p in 0..n_pos {
                 let b = t[p / KV_BLOCK] as usize;
                 for h in 0..n_head_kv {
-                    let at = ((b * n_head_kv + h) * KV_BLOCK + p % KV_BLOCK) * hd;
+                    let at = kv_row_offset(b, h, p, n_head_kv, hd);
                     dst[p * d + h * hd..p * d + (h + 1) * hd].copy_from_slice(&src[at..at + hd]);
                 }
             }
@@ -237,7 +238,7 @@ impl KvCache {
         let b = self.tables[seq][pos / KV_BLOCK] as usize;
         for (buf, src) in [(&mut self.k[il], k), (&mut self.v[il], v)] {
             for h in 0..n_head_kv {
-                let at = ((b * n_head_kv + h) * KV_BLOCK + pos % KV_BLOCK) * hd;
+                let at = kv_row_offset(b, h, pos, n_head_kv, hd);
                 let dst: &mut [f16] = buf[at..at + hd].reinterpret_cast_mut();
                 dst.convert_from_f32_slice(&src[h * hd..(h + 1) * hd]);
             }

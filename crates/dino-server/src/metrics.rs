@@ -143,58 +143,56 @@ impl ServerMetrics {
             "dino_time_per_output_token_seconds",
             "Time between consecutive generated tokens.",
         );
-        let gauge = |out: &mut String, name: &str, help: &str, v: usize| {
+        // (name, help, type, value): the scheduler's gauges, then its counters.
+        let series: [(&str, &str, &str, u64); 7] = [
+            (
+                "dino_queue_depth",
+                "Requests waiting to be scheduled.",
+                "gauge",
+                backend.queue_depth as u64,
+            ),
+            (
+                "dino_running_sequences",
+                "Sequences being generated.",
+                "gauge",
+                backend.running as u64,
+            ),
+            (
+                "dino_kv_blocks_used",
+                "KV-cache blocks held by sequences.",
+                "gauge",
+                backend.kv_blocks_used as u64,
+            ),
+            (
+                "dino_kv_blocks_cached",
+                "KV-cache blocks kept only for prefix reuse.",
+                "gauge",
+                backend.kv_blocks_cached as u64,
+            ),
+            (
+                "dino_kv_blocks_total",
+                "KV-cache blocks in total.",
+                "gauge",
+                backend.kv_blocks_total as u64,
+            ),
+            (
+                "dino_prefix_tokens_reused_total",
+                "Prompt tokens found in the prefix cache instead of computed.",
+                "counter",
+                backend.prefix_tokens_reused,
+            ),
+            (
+                "dino_preemptions_total",
+                "Sequences preempted for want of KV-cache blocks.",
+                "counter",
+                backend.preemptions,
+            ),
+        ];
+        for (name, help, kind, v) in series {
             let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {v}");
-        };
-        gauge(
-            &mut out,
-            "dino_queue_depth",
-            "Requests waiting to be scheduled.",
-            backend.queue_depth,
-        );
-        gauge(
-            &mut out,
-            "dino_running_sequences",
-            "Sequences being generated.",
-            backend.running,
-        );
-        gauge(
-            &mut out,
-            "dino_kv_blocks_used",
-            "KV-cache blocks held by sequences.",
-            backend.kv_blocks_used,
-        );
-        gauge(
-            &mut out,
-            "dino_kv_blocks_cached",
-            "KV-cache blocks kept only for prefix reuse.",
-            backend.kv_blocks_cached,
-        );
-        gauge(
-            &mut out,
-            "dino_kv_blocks_total",
-            "KV-cache blocks in total.",
-            backend.kv_blocks_total,
-        );
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {v}");
-        };
-        counter(
-            &mut out,
-            "dino_prefix_tokens_reused_total",
-            "Prompt tokens found in the prefix cache instead of computed.",
-            backend.prefix_tokens_reused,
-        );
-        counter(
-            &mut out,
-            "dino_preemptions_total",
-            "Sequences preempted for want of KV-cache blocks.",
-            backend.preemptions,
-        );
+        }
         out
     }
 }

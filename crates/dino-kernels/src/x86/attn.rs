@@ -287,30 +287,12 @@ unsafe fn three_passes<const NV: usize>(
         }
         // Two heads at a time: their accumulator chains are independent, so each hides the
         // other's convert-round-FMA latency.
-        let mut h = 0;
-        while h < g {
-            let hb = (g - h).min(2);
-            let (lo, hi) = acc.split_at_mut(h + 1);
-            let a0 = &mut lo[h];
-            let mut a1 = if hb == 2 {
-                hi[0]
+        for h in (0..g).step_by(2) {
+            if g - h >= 2 {
+                values::<NV, 2>(kv, s, c0, nc, h, &mut acc, mss, vss);
             } else {
-                [_mm256_setzero_ps(); NV]
-            };
-            let mut a0v = *a0;
-            for i in 0..nc {
-                let vr = kv.v.row(c0 + i, h_kv, s);
-                let vf: [__m256; NV] = std::array::from_fn(|j| load_f16x8(&vr[8 * j..]));
-                v_step(&mut a0v, &vf, mss[h][i], vss[h][i]);
-                if hb == 2 {
-                    v_step(&mut a1, &vf, mss[h + 1][i], vss[h + 1][i]);
-                }
+                values::<NV, 1>(kv, s, c0, nc, h, &mut acc, mss, vss);
             }
-            *a0 = a0v;
-            if hb == 2 {
-                hi[0] = a1;
-            }
-            h += hb;
         }
     }
     for h in 0..g {
@@ -393,6 +375,34 @@ unsafe fn expf8(x: __m256) -> __m256 {
         y = _mm256_loadu_ps(ys.as_ptr());
     }
     y
+}
+
+/// The value pass of heads `h0..h0 + HB` over positions `c0..c0 + nc` (their accumulators in
+/// registers).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn values<const NV: usize, const HB: usize>(
+    kv: &KvSpan,
+    s: &AttnShape,
+    c0: usize,
+    nc: usize,
+    h0: usize,
+    acc: &mut [[__m256; NV]; MAX_GROUP],
+    mss: &[[f32; CHUNK]],
+    vss: &[[f32; CHUNK]],
+) {
+    let mut a: [[__m256; NV]; HB] = std::array::from_fn(|b| acc[h0 + b]);
+    for i in 0..nc {
+        let vr = kv.v.row(c0 + i, kv.kv_head, s);
+        let vf: [__m256; NV] = std::array::from_fn(|j| load_f16x8(&vr[8 * j..]));
+        for (b, a) in a.iter_mut().enumerate() {
+            v_step(a, &vf, mss[h0 + b][i], vss[h0 + b][i]);
+        }
+    }
+    for (b, a) in a.iter().enumerate() {
+        acc[h0 + b] = *a;
+    }
 }
 
 /// One position of a head's value pass: a new maximum (`ms` ≠ 1) rescales the f16 accumulator
