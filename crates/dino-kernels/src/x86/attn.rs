@@ -189,50 +189,77 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(Scratch<'_>) -> R) -> R {
     })
 }
 
-/// One head's softmax pass over a chunk of scores: the running maximum first (each position's
-/// exponent is `old max - score` at a new maximum and `score - max` otherwise), then the
-/// exponentials 8 at a time (glibc's `expf`, bit for bit), then the sum in order. Writes each
-/// position's rescale factor (`mss`, 1 unless the maximum rose) and value weight (`vss`).
-pub(super) fn softmax_weights(
-    score: &[f32],
-    mss: &mut [f32],
-    vss: &mut [f32],
-    max: &mut f32,
-    sum: &mut f32,
+/// The softmax pass over a chunk of scores of the heads `0..max.len()` (at most
+/// `MAX_GROUP`), positions `..nc` of their rows. Per head: the running maximum first (each
+/// position's exponent is `old max - score` at a new maximum and `score - max` otherwise),
+/// then the exponentials 8 at a time (glibc's `expf`, bit for bit), then the sum in order.
+/// Writes each position's rescale factor (`mss`, 1 unless the maximum rose) and value weight
+/// (`vss`). The heads are interleaved position by position, so their running-maximum and sum
+/// chains overlap instead of running one after another.
+pub(super) fn softmax_weights_heads(
+    score: &[[f32; CHUNK]],
+    mss: &mut [[f32; CHUNK]],
+    vss: &mut [[f32; CHUNK]],
+    nc: usize,
+    max: &mut [f32],
+    sum: &mut [f32],
 ) {
     debug_assert!(avx2_detected());
-    // SAFETY: called only from kernels handed out after detection of avx2, fma and f16c.
-    unsafe { softmax_weights_avx2(score, mss, vss, max, sum) }
+    assert!(nc <= CHUNK && max.len() == sum.len());
+    macro_rules! heads {
+        ($($g:literal)*) => {
+            match max.len() {
+                // SAFETY: called only from kernels handed out after detection of avx2, fma and
+                // f16c.
+                $($g => unsafe { softmax_heads_avx2::<$g>(score, mss, vss, nc, max, sum) },)*
+                _ => panic!("softmax_weights_heads: {} heads, at most {MAX_GROUP}", max.len()),
+            }
+        };
+    }
+    heads!(1 2 3 4 5 6 7 8);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn softmax_weights_avx2(
-    score: &[f32],
-    mss: &mut [f32],
-    vss: &mut [f32],
-    max: &mut f32,
-    sum: &mut f32,
+unsafe fn softmax_heads_avx2<const G: usize>(
+    score: &[[f32; CHUNK]],
+    mss: &mut [[f32; CHUNK]],
+    vss: &mut [[f32; CHUNK]],
+    nc: usize,
+    max: &mut [f32],
+    sum: &mut [f32],
 ) {
-    let mut m = *max;
-    for ((&sc, ms), vs) in score.iter().zip(mss.iter_mut()).zip(vss.iter_mut()) {
-        if sc > m {
-            *ms = m - sc;
-            *vs = f32::NAN; // marks a new maximum
-            m = sc;
-        } else {
-            *ms = sc - m;
-            *vs = 1.0;
+    let score: &[[f32; CHUNK]; G] = score[..G].try_into().expect("G rows");
+    let mss: &mut [[f32; CHUNK]; G] = (&mut mss[..G]).try_into().expect("G rows");
+    let vss: &mut [[f32; CHUNK]; G] = (&mut vss[..G]).try_into().expect("G rows");
+    let mut m: [f32; G] = max.try_into().expect("G maxima");
+    for i in 0..nc.min(CHUNK) {
+        for h in 0..G {
+            let sc = score[h][i];
+            let new = sc > m[h];
+            mss[h][i] = if new { m[h] - sc } else { sc - m[h] };
+            vss[h][i] = if new { f32::NAN } else { 1.0 }; // NaN marks a new maximum
+            m[h] = if new { sc } else { m[h] };
         }
     }
-    *max = m;
-    expf_in_place(mss);
-    let mut sm = *sum;
-    for (ms, vs) in mss.iter_mut().zip(vss.iter_mut()) {
-        let e = *ms;
-        (*ms, *vs) = if vs.is_nan() { (e, 1.0) } else { (1.0, e) };
-        sm = sm.mul_add(*ms, *vs); // contracted as GCC compiles ggml's `S*ms + vs`
+    max.copy_from_slice(&m);
+    for row in mss.iter_mut() {
+        expf_in_place(&mut row[..nc]);
     }
-    *sum = sm;
+    let mut sm: [f32; G] = (&*sum).try_into().expect("G sums");
+    for i in 0..nc.min(CHUNK) {
+        for h in 0..G {
+            let e = mss[h][i];
+            let (ms, vs) = if vss[h][i].is_nan() {
+                (e, 1.0)
+            } else {
+                (1.0, e)
+            };
+            mss[h][i] = ms;
+            vss[h][i] = vs;
+            sm[h] = sm[h].mul_add(ms, vs); // contracted as GCC compiles ggml's `S*ms + vs`
+        }
+    }
+    sum.copy_from_slice(&sm);
 }
 
 /// The body of [`attend_group_3pass`], over scratch rows for the scores, the rescale factors
@@ -264,11 +291,14 @@ unsafe fn three_passes<const NV: usize>(
     for c0 in (kv.first..kv.n_pos).step_by(CHUNK) {
         let nc = (kv.n_pos - c0).min(CHUNK);
         for (i, p) in (c0..c0 + nc).enumerate() {
-            if p % KV_BLOCK == 0 && p + KV_BLOCK < kv.n_pos {
-                // The next block's rows of this head (contiguous): K for this pass, V for the
-                // value pass.
-                prefetch_rows(kv.k.row(p + KV_BLOCK, h_kv, s));
-                prefetch_rows(kv.v.row(p + KV_BLOCK, h_kv, s));
+            if p.is_multiple_of(KV_BLOCK) || p == c0 {
+                // At each block (a block's rows of one head are contiguous): its V rows, which
+                // the value pass reads after this pass, and the next block's K rows.
+                let left = KV_BLOCK - p % KV_BLOCK;
+                prefetch_rows(kv.v.row(p, h_kv, s), left.min(kv.n_pos - p));
+                if p + left < kv.n_pos {
+                    prefetch_rows(kv.k.row(p + left, h_kv, s), KV_BLOCK);
+                }
             }
             let kr = kv.k.row(p, h_kv, s);
             let kf: [__m256; NV] = std::array::from_fn(|j| load_f16x8(&kr[8 * j..]));
@@ -276,15 +306,7 @@ unsafe fn three_passes<const NV: usize>(
                 score[h][i] = dot_ggml_order::<NV>(&kf, &qh[h]) * s.scale;
             }
         }
-        for h in 0..g {
-            softmax_weights(
-                &score[h][..nc],
-                &mut mss[h][..nc],
-                &mut vss[h][..nc],
-                &mut max[h],
-                &mut sum[h],
-            );
-        }
+        softmax_weights_heads(score, mss, vss, nc, &mut max[..g], &mut sum[..g]);
         // Two heads at a time: their accumulator chains are independent, so each hides the
         // other's convert-round-FMA latency.
         for h in (0..g).step_by(2) {
@@ -304,12 +326,12 @@ unsafe fn three_passes<const NV: usize>(
     }
 }
 
-/// Ask for the cache lines of the `KV_BLOCK` rows of one head starting at `first` (a block's
-/// rows of one head are contiguous; hints only, `wrapping_add` keeps the addresses defined).
+/// Ask for the cache lines of `rows` rows of one head starting at `first` (a block's rows of
+/// one head are contiguous; hints only, `wrapping_add` keeps the addresses defined).
 #[inline(always)]
-pub(super) unsafe fn prefetch_rows(first: &[f16]) {
+pub(super) unsafe fn prefetch_rows(first: &[f16], rows: usize) {
     let p = first.as_ptr().cast::<i8>();
-    for line in (0..first.len() * 2 * KV_BLOCK).step_by(64) {
+    for line in (0..first.len() * 2 * rows).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
     }
 }

@@ -56,23 +56,109 @@ unsafe fn load_f16x16(x: &[f16]) -> __m512 {
     _mm512_cvtph_ps(_mm256_loadu_si256(x.as_ptr().cast()))
 }
 
-/// `ops::dot_f16_ggml_order` of a K row in registers (`16 * NZ` elements, whole 64-element
-/// steps) with a query row in registers: four 16-lane accumulators, `(0 + 2) + (1 + 3)`, then
-/// lanes 8 + 8, 4 + 4, `(0 + 2) + (1 + 3)`.
+/// The first half of `ops::dot_f16_ggml_order` of a K row in registers (`16 * NZ` elements,
+/// whole 64-element steps) with a query row in registers: four 16-lane accumulators combined
+/// as `(0 + 2) + (1 + 3)`. [`reduce16`] finishes sixteen of them at once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-unsafe fn dot<const NZ: usize>(k: &[__m512; NZ], q: &[__m512; NZ]) -> f32 {
+unsafe fn partial_dot<const NZ: usize>(k: &[__m512; NZ], q: &[__m512; NZ]) -> __m512 {
     let mut acc = [_mm512_setzero_ps(); 4];
     for step in 0..NZ / 4 {
         for (j, a) in acc.iter_mut().enumerate() {
             *a = _mm512_fmadd_ps(k[4 * step + j], q[4 * step + j], *a);
         }
     }
-    let a = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
-    let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(a), _mm512_castps512_ps256(a));
-    let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
-    let t8 = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
-    _mm_cvtss_f32(_mm_add_ss(t8, _mm_shuffle_ps::<1>(t8, t8)))
+    _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]))
+}
+
+/// The horizontal sums of sixteen vectors, as the reference sums one: lanes `i + 8`, then
+/// `i + 4` (within each half), then `i + 2`, then `i + 1` (within each quarter). Each level
+/// adds the same lane pairs as the reference, for two vectors per instruction (a transpose
+/// and an add), so sixteen sums take 15 adds instead of 16 × 4 and every result is bit for bit
+/// the single-vector one. Lane `4q + j` of the result is the sum of `v[4j + q]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn reduce16(v: &[__m512; 16]) -> __m512 {
+    // Level 1: quarters (0, 1) + (2, 3) of two vectors, one in each half of the result.
+    let l1: [__m512; 8] = std::array::from_fn(|k| {
+        let (a, b) = (v[2 * k], v[2 * k + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+        )
+    });
+    // Level 2: quarter 0 + 1 and 2 + 3 of each half: one vector per quarter.
+    let l2: [__m512; 4] = std::array::from_fn(|k| {
+        let (a, b) = (l1[2 * k], l1[2 * k + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0xDD>(a, b),
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+        )
+    });
+    // Level 3: lanes (0, 1) + (2, 3) of every quarter.
+    let l3: [__m512; 2] = std::array::from_fn(|k| {
+        let (a, b) = (l2[2 * k], l2[2 * k + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(a, b),
+            _mm512_shuffle_ps::<0xEE>(a, b),
+        )
+    });
+    // Level 4: lane 0 + 1 and 2 + 3 of every quarter.
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(l3[0], l3[1]),
+        _mm512_shuffle_ps::<0xDD>(l3[0], l3[1]),
+    )
+}
+
+/// The scores of positions `c0..c0 + nc` for the first `g` query heads,
+/// `score[h][i] = dot(K[c0 + i], q[h]) * scale` with the reference's dot product, sixteen
+/// positions at a time (see [`reduce16`]).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn scores<const NZ: usize>(
+    qh: &[[__m512; NZ]; super::attn::MAX_GROUP],
+    g: usize,
+    kv: &KvSpan,
+    s: &AttnShape,
+    c0: usize,
+    nc: usize,
+    score: &mut [[f32; super::attn::SCRATCH_CHUNK]],
+) {
+    let h_kv = kv.kv_head;
+    let mut part = [[_mm512_setzero_ps(); 16]; super::attn::MAX_GROUP];
+    let scale = _mm512_set1_ps(s.scale);
+    // Position p of a block of sixteen is lane 4 (p % 4) + p / 4 of `reduce16`'s result.
+    let order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    for b0 in (0..nc).step_by(16) {
+        let nb = (nc - b0).min(16);
+        for (i, part_i) in (0..nb).zip(0..16) {
+            let p = c0 + b0 + i;
+            if p.is_multiple_of(KV_BLOCK) || p == c0 {
+                // At each block: its V rows, which the value pass reads after this pass (from
+                // memory they came late otherwise), and the next block's K rows.
+                let left = KV_BLOCK - p % KV_BLOCK;
+                super::attn::prefetch_rows(kv.v.row(p, h_kv, s), left.min(kv.n_pos - p));
+                if p + left < kv.n_pos {
+                    super::attn::prefetch_rows(kv.k.row(p + left, h_kv, s), KV_BLOCK);
+                }
+            }
+            let kr = kv.k.row(p, h_kv, s);
+            let kf: [__m512; NZ] = std::array::from_fn(|j| load_f16x16(&kr[16 * j..]));
+            for h in 0..g {
+                part[h][part_i] = partial_dot::<NZ>(&kf, &qh[h]);
+            }
+        }
+        // Lanes past `nb` hold an earlier block's sums (each result lane depends on its own
+        // position only) and are not stored.
+        let keep: __mmask16 = ((1u32 << nb) - 1) as __mmask16;
+        for (part, row) in part.iter().zip(score.iter_mut()).take(g) {
+            let r = _mm512_permutexvar_ps(order, _mm512_mul_ps(reduce16(part), scale));
+            let dst = &mut row[b0..b0 + nb];
+            // SAFETY: writes only the `nb` lanes of `keep`, all inside `dst`.
+            _mm512_mask_storeu_ps(dst.as_mut_ptr(), keep, r);
+        }
+    }
 }
 
 /// Every query head of one GQA group, head size `16 * NZ`.
@@ -94,7 +180,6 @@ unsafe fn passes<const NZ: usize>(
     let hd = 16 * NZ;
     debug_assert_eq!(s.head_dim, hd);
     let g = q.len() / hd;
-    let h_kv = kv.kv_head;
     assert!(g <= MAX_GROUP && out.len() >= g * hd);
     let mut qh = [[_mm512_setzero_ps(); NZ]; MAX_GROUP];
     for (h, qh) in qh.iter_mut().enumerate().take(g) {
@@ -108,26 +193,8 @@ unsafe fn passes<const NZ: usize>(
     let mut sum = [0f32; MAX_GROUP];
     for c0 in (kv.first..kv.n_pos).step_by(CHUNK) {
         let nc = (kv.n_pos - c0).min(CHUNK);
-        for (i, p) in (c0..c0 + nc).enumerate() {
-            if p % KV_BLOCK == 0 && p + KV_BLOCK < kv.n_pos {
-                super::attn::prefetch_rows(kv.k.row(p + KV_BLOCK, h_kv, s));
-                super::attn::prefetch_rows(kv.v.row(p + KV_BLOCK, h_kv, s));
-            }
-            let kr = kv.k.row(p, h_kv, s);
-            let kf: [__m512; NZ] = std::array::from_fn(|j| load_f16x16(&kr[16 * j..]));
-            for h in 0..g {
-                score[h][i] = dot::<NZ>(&kf, &qh[h]) * s.scale;
-            }
-        }
-        for h in 0..g {
-            super::attn::softmax_weights(
-                &score[h][..nc],
-                &mut mss[h][..nc],
-                &mut vss[h][..nc],
-                &mut max[h],
-                &mut sum[h],
-            );
-        }
+        scores::<NZ>(&qh, g, kv, s, c0, nc, score);
+        super::attn::softmax_weights_heads(score, mss, vss, nc, &mut max[..g], &mut sum[..g]);
         // Up to four heads at a time: their accumulator chains are independent.
         let mut h = 0;
         while h < g {
