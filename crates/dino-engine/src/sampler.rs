@@ -234,8 +234,32 @@ fn argmax(logits: &[f32]) -> u32 {
         // The scan starts from entry 0 and nothing compares greater than a NaN.
         return 0;
     }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    logits.iter().position(|&l| l == max).unwrap_or(0) as u32
+    // The maximum over 16 independent lanes (the compiler turns them into vector max
+    // instructions; one running maximum is a serial chain), then the first index holding it.
+    // NaNs are skipped as `f32::max` skips them; +0 and -0 compare equal, so whichever of them
+    // the lanes keep, the first index found is the same.
+    const L: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let mut chunks = logits.chunks_exact(L);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = m.max(x);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(lanes.into_iter().fold(f32::NEG_INFINITY, f32::max), f32::max);
+    let block = logits
+        .chunks(L)
+        .position(|c| c.iter().fold(false, |hit, &l| hit | (l == max)))
+        .unwrap_or(0);
+    let at = logits[block * L..]
+        .iter()
+        .position(|&l| l == max)
+        .unwrap_or(0);
+    (block * L + at) as u32
 }
 
 fn apply_penalties(cands: &mut [Cand], history: &[u32], cfg: &SamplerConfig) {
@@ -279,7 +303,7 @@ mod tests {
             best as u32
         };
         let mut seed = 7u64;
-        for case in 0..400 {
+        for case in 0..600 {
             let n = 1 + case % 97;
             let mut l: Vec<f32> = (0..n)
                 .map(|_| {
@@ -287,8 +311,12 @@ mod tests {
                     ((seed >> 40) % 7) as f32 - 3.0
                 })
                 .collect();
-            match case % 5 {
+            match case % 6 {
                 1 => l[case % n] = f32::NAN,
+                // The maximum is a zero, -0 before +0: the first of them wins.
+                5 => l.iter_mut().enumerate().for_each(|(i, x)| {
+                    *x = [-1.0, -0.0, 0.0, -2.0][(i + case / 6) % 4];
+                }),
                 2 => l[0] = f32::NAN,
                 3 => l.iter_mut().for_each(|x| *x = f32::NEG_INFINITY),
                 4 => l[n / 2] = f32::INFINITY,
