@@ -139,8 +139,13 @@ def proc_cpu_s(pid: int) -> float:
 
 
 def self_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+    """This script's CPU seconds and its finished children's (the Rust load generator runs as one
+    per level; the servers are children too, but none finishes during a level)."""
+    cpu = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        cpu += ru.ru_utime + ru.ru_stime
+    return cpu
 
 
 class LoadMeter:
@@ -192,6 +197,48 @@ def build_dino(args) -> Path:
     b = Path(args.dino) if args.dino else target / "release" / "dino"
     if not b.exists():
         sys.exit(f"bench/serve: no dino binary at {b}")
+    return b
+
+
+def build_probe(args) -> Path | None:
+    """step_probe (crates/dino-engine/examples/step_probe.rs): the host-state check."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "dino-engine", "--example", "step_probe"],
+                       cwd=REPO, check=True)
+    b = target / "release" / "examples" / "step_probe"
+    return b if b.exists() else None
+
+
+def host_probe(probe: Path | None, model: Path, threads: int) -> dict | None:
+    """One batched decode step of 1 and of 8 sequences at 56 cached tokens (median ms), in-process:
+    what the host gives the engine right now, without HTTP or clients."""
+    if probe is None:
+        return None
+    r = subprocess.run([str(probe), str(model), "56", str(threads)], capture_output=True, text=True,
+                       env=dict(os.environ, NS="1,8", STEPS="64"))
+    out = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"n\s+(\d+)\s+step\s+([\d.]+) ms", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    if "1" in out and "8" in out:
+        out["x"] = round(8 * out["1"] / out["8"], 2)
+    return out or None
+
+
+def build_loadgen(args) -> Path:
+    """The Rust load generator (crates/dino-server/examples/loadgen.rs)."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    if args.loadgen:
+        return Path(args.loadgen)
+    if not args.no_build:
+        log("cargo build --release -p dino-server --example loadgen")
+        subprocess.run(["cargo", "build", "--release", "-p", "dino-server", "--example", "loadgen"],
+                       cwd=REPO, check=True)
+    b = target / "release" / "examples" / "loadgen"
+    if not b.exists():
+        sys.exit(f"bench/serve: no load generator at {b} (run without --no-build, or --client python)")
     return b
 
 
@@ -279,9 +326,13 @@ async def wait_health(srv: Server, timeout: float) -> float:
 
 # ---------------------------------------------------------------- load
 
-async def one_request(session: aiohttp.ClientSession, url: str, prompt: str, args) -> dict:
-    body = {"model": args.model_id, "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0,
+def request_body(prompt: str, args) -> dict:
+    return {"model": args.model_id, "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0,
             "seed": 1, "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, prompt: str, args) -> dict:
+    body = request_body(prompt, args)
     t0 = time.perf_counter()
     times: list[float] = []
     usage = None
@@ -328,6 +379,8 @@ async def one_request(session: aiohttp.ClientSession, url: str, prompt: str, arg
 
 async def run_level(url: str, clients: int, n_requests: int, first_index: int, args) -> dict:
     """Closed loop: `clients` workers take the next request index until n_requests are done."""
+    if args.client == "rust":
+        return await run_level_rust(url, clients, n_requests, first_index, args)
     next_i = iter(range(first_index, first_index + n_requests))
     results: list[dict] = []
     errors: list[str] = []
@@ -347,6 +400,21 @@ async def run_level(url: str, clients: int, n_requests: int, first_index: int, a
         await asyncio.gather(*(worker() for _ in range(clients)))
         t1 = time.perf_counter()
     return {"wall_s": t1 - t0, "requests": results, "errors": errors}
+
+
+async def run_level_rust(url: str, clients: int, n_requests: int, first_index: int, args) -> dict:
+    """`run_level` through the Rust load generator: the same requests, the same records, a
+    fraction of the CPU (it shares the machine with the server it measures)."""
+    bodies = [request_body(make_prompt(i, args.long_prompt), args)
+              for i in range(first_index, first_index + n_requests)]
+    cfg = {"url": url, "path": "/v1/completions", "clients": clients, "timeout_s": args.timeout,
+           "bodies": bodies}
+    proc = await asyncio.create_subprocess_exec(
+        str(args.loadgen_bin), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate(json.dumps(cfg).encode())
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({proc.returncode}): {err.decode()[-500:]}")
+    return json.loads(out)
 
 
 def pct(xs: list[float], p: float) -> float | None:
@@ -439,7 +507,14 @@ def markdown(meta: dict, table: list[dict]) -> str:
     L.append(f"- Other processes kept up to {meta['other_cpus_max']:.2f} CPUs busy during a level "
              f"(median {meta['other_cpus_median']:.2f}; other work yields to a server that keeps both CPUs busy, so "
              f"this understates contention); just before a level they kept {meta['busy_before_median']:.2f} "
-             f"CPUs busy (median, max {meta['busy_before_max']:.2f}); load generator ≤ {meta['client_cpus_max']:.2f} CPUs.")
+             f"CPUs busy (median, max {meta['busy_before_max']:.2f}); load generator ({meta['client']}) "
+             f"≤ {meta['client_cpus_max']:.2f} CPUs.")
+    for model, pr in (meta.get("host_probe") or {}).items():
+        def one(x):
+            return "–" if not x else f"1 token {x.get('1', 0):.2f} ms, 8 tokens {x.get('8', 0):.2f} ms ({x.get('x', 0):.2f}×)"
+        L.append(f"- Host state, {model} (`step_probe`, one batched step at 56 cached tokens, in-process): "
+                 f"before {one(pr.get('before'))}; after {one(pr.get('after'))}. 8 × (1 token) / (8 tokens) is "
+                 f"what batching can give at best on the host as it was.")
     L.append("")
     L.append("Aggregate = completion tokens of the level / its wall time. TTFT = request sent → first text chunk. "
              "Per-token = gap between consecutive text chunks. ×1 = aggregate / the same engine's at 1 client. "
@@ -485,6 +560,10 @@ def main() -> int:
     ap.add_argument("--long-prompt", choices=["off", "shared", "unique"], default="off",
                     help="prepend a ~290-token opening: 'shared' = the same first tokens in every request "
                          "(prefix reuse possible), 'unique' = request number first (no reuse)")
+    ap.add_argument("--client", choices=["rust", "python"], default="rust",
+                    help="load generator: 'rust' (crates/dino-server/examples/loadgen.rs, blocking sockets, "
+                         "little CPU) or 'python' (aiohttp; ~0.1 CPU at 8 clients, taken from the server)")
+    ap.add_argument("--loadgen", help="loadgen binary (default: $CARGO_TARGET_DIR/release/examples/loadgen)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--dino", help="dino binary (default: $CARGO_TARGET_DIR/release/dino)")
     ap.add_argument("--llama-server", help="llama-server binary (default: the peer build)")
@@ -503,6 +582,9 @@ def main() -> int:
         log(f"note: {max(clients)} clients > {args.parallel} slots: the rest queue")
 
     dino = build_dino(args) if "dino" in engines else None
+    args.loadgen_bin = str(build_loadgen(args)) if args.client == "rust" else None
+    probe = build_probe(args) if dino else None
+    probes: dict = {}
     llama = build_llama_server(args) if "llama" in engines else None
     dino_version = sh([str(dino), "--version"]).strip() if dino else None
     dino_commit = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]).strip()
@@ -536,6 +618,8 @@ def main() -> int:
         for model in models:
             path = find_model(dino or Path("dino"), model)
             log(f"{model}: {path}")
+            probes[model] = {"before": host_probe(probe, path, args.threads)}
+            log(f"{model}: step_probe before: {probes[model]['before']}")
             srv = {}
             for eng in engines:
                 port = free_port()
@@ -580,6 +664,8 @@ def main() -> int:
                                                  "other_cpus": lm.other_cpus}})
             for eng in engines:
                 srv[eng].stop()
+            probes[model]["after"] = host_probe(probe, path, args.threads)
+            log(f"{model}: step_probe after: {probes[model]['after']}")
     except KeyboardInterrupt:
         log("interrupted: nothing written")
         stop_all()
@@ -637,7 +723,9 @@ def main() -> int:
         "cpu": cpu_name(), "ncpu": os.cpu_count(), "kernel": platform.release(),
         "args": vars(args), "dino_cmd": meta_cmds.get("dino", []), "llama_cmd": meta_cmds.get("llama", []),
         "dino_version": dino_version, "llama_version": llama_version,
-        "client": f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}",
+        "client": ("crates/dino-server/examples/loadgen.rs" if args.client == "rust" else
+                   f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}"),
+        "host_probe": probes,
         "prompt_tokens_range": f"{min(prompt_toks)}–{max(prompt_toks)}" if prompt_toks else "?",
         "other_cpus_max": max(others) if others else 0.0,
         "other_cpus_median": statistics.median(others) if others else 0.0,

@@ -246,11 +246,10 @@ fn argmax(logits: &[f32]) -> u32 {
             *m = m.max(x);
         }
     }
-    let max = chunks
-        .remainder()
-        .iter()
-        .copied()
-        .fold(lanes.into_iter().fold(f32::NEG_INFINITY, f32::max), f32::max);
+    let max = chunks.remainder().iter().copied().fold(
+        lanes.into_iter().fold(f32::NEG_INFINITY, f32::max),
+        f32::max,
+    );
     let block = logits
         .chunks(L)
         .position(|c| c.iter().fold(false, |hit, &l| hit | (l == max)))
