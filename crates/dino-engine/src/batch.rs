@@ -453,6 +453,8 @@ fn run(
     let mut wants: Vec<(usize, usize)> = Vec::new();
     // Slots with tokens in this step, and how many.
     let mut fed: Vec<(usize, usize)> = Vec::new();
+    // The plain-greedy choice of every logits row, when some sequence samples that way.
+    let mut greedy: Vec<u32> = Vec::new();
     loop {
         let idle = waiting.is_empty() && slots.iter().all(Option::is_none);
         if idle {
@@ -643,11 +645,28 @@ fn run(
                 q.prefilled += n;
             }
         }
+        // Greedy sequences' choices for the whole batch at once, on the pool: each thread
+        // reads the part of every row its share of the output product wrote.
+        let n_greedy = wants
+            .iter()
+            .filter(|&&(i, _)| {
+                slots[i]
+                    .as_ref()
+                    .is_some_and(|q| q.sampler.is_plain_greedy())
+            })
+            .count();
+        greedy.clear();
+        if n_greedy > 1 {
+            crate::sampler::argmax_rows(&engine.pool, &logits.data, logits.n_vocab, &mut greedy);
+        }
         // Logits rows come in batch order, one per token that asked.
         for (row, &(i, _)) in wants.iter().enumerate() {
             let Some(q) = slots[i].as_mut() else { continue };
             let l = logits.row(row);
-            let id = q.sampler.sample(l, &q.history);
+            let id = match greedy.get(row) {
+                Some(&id) if q.sampler.is_plain_greedy() => id,
+                _ => q.sampler.sample(l, &q.history),
+            };
             let logprob = q.req.logprobs.map(|k| token_logprob(l, id, k));
             q.history.push(id);
             q.next = Some(id);

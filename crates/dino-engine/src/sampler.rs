@@ -143,16 +143,23 @@ impl Sampler {
     }
 
     /// Pick the next token from `logits` given the tokens so far (`history`, prompt included).
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+    /// Whether [`Sampler::sample`] is the plain argmax of the logits (greedy, no penalties),
+    /// which [`argmax_rows`] computes for a whole batch at once.
+    pub fn is_plain_greedy(&self) -> bool {
         let cfg = &self.cfg;
-        let no_penalties = cfg.repeat_penalty == 1.0
+        cfg.temperature <= 0.0
+            && cfg.repeat_penalty == 1.0
             && cfg.frequency_penalty == 0.0
-            && cfg.presence_penalty == 0.0;
-        if cfg.temperature <= 0.0 && no_penalties {
+            && cfg.presence_penalty == 0.0
+    }
+
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        if self.is_plain_greedy() {
             // Plain greedy: the argmax of the logits as they are (the same choice as below,
             // without copying the vocabulary into candidates).
             return argmax(logits);
         }
+        let cfg = &self.cfg;
         self.cands.clear();
         self.cands
             .extend(logits.iter().enumerate().map(|(i, &l)| Cand {
@@ -234,31 +241,83 @@ fn argmax(logits: &[f32]) -> u32 {
         // The scan starts from entry 0 and nothing compares greater than a NaN.
         return 0;
     }
-    // The maximum over 16 independent lanes (the compiler turns them into vector max
-    // instructions; one running maximum is a serial chain), then the first index holding it.
-    // NaNs are skipped as `f32::max` skips them; +0 and -0 compare equal, so whichever of them
-    // the lanes keep, the first index found is the same.
+    part_max(logits).map_or(0, |(_, i)| i as u32)
+}
+
+/// The largest non-NaN value of `x` and the first index holding it (`None`: all NaN). The
+/// maximum runs over 16 independent lanes (the compiler turns them into vector max
+/// instructions; one running maximum is a serial chain). NaNs are skipped as `f32::max` skips
+/// them; +0 and -0 compare equal, so whichever of them the lanes keep, the first index found is
+/// the same.
+fn part_max(x: &[f32]) -> Option<(f32, usize)> {
     const L: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; L];
-    let mut chunks = logits.chunks_exact(L);
+    let mut chunks = x.chunks_exact(L);
     for c in &mut chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
-            *m = m.max(x);
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
         }
     }
     let max = chunks.remainder().iter().copied().fold(
         lanes.into_iter().fold(f32::NEG_INFINITY, f32::max),
         f32::max,
     );
-    let block = logits
+    let block = x
         .chunks(L)
-        .position(|c| c.iter().fold(false, |hit, &l| hit | (l == max)))
-        .unwrap_or(0);
-    let at = logits[block * L..]
-        .iter()
-        .position(|&l| l == max)
-        .unwrap_or(0);
-    (block * L + at) as u32
+        .position(|c| c.iter().fold(false, |hit, &l| hit | (l == max)))?;
+    let at = x[block * L..].iter().position(|&l| l == max)?;
+    Some((max, block * L + at))
+}
+
+/// [`Sampler::sample`]'s choice for a plain-greedy sampler ([`Sampler::is_plain_greedy`]) for
+/// every row of `data` (`[rows, n_vocab]`) at once, into `out`. Each thread of the pool scans
+/// its own part of the vocabulary in every row, the part its share of the output product wrote
+/// (so still in its cache); the parts' maxima are then combined in vocabulary order, which
+/// gives the single scan's choice, ties and NaNs included.
+pub fn argmax_rows(
+    pool: &dino_kernels::pool::ThreadPool,
+    data: &[f32],
+    n_vocab: usize,
+    out: &mut Vec<u32>,
+) {
+    out.clear();
+    if n_vocab == 0 {
+        return;
+    }
+    let rows = data.len() / n_vocab;
+    let n = pool.n_threads().min(n_vocab.div_ceil(4096)).max(1);
+    // The output product's split: one contiguous range of 16-row groups per thread.
+    let part = n_vocab.div_ceil(n).div_ceil(16) * 16;
+    let parts = n_vocab.div_ceil(part);
+    let found = std::sync::Mutex::new(vec![None; rows * parts]);
+    pool.run_on(parts, &|tid, _| {
+        let r = tid * part..((tid + 1) * part).min(n_vocab);
+        let mine: Vec<Option<(f32, usize)>> = (0..rows)
+            .map(|row| {
+                part_max(&data[row * n_vocab + r.start..row * n_vocab + r.end])
+                    .map(|(m, i)| (m, r.start + i))
+            })
+            .collect();
+        let mut f = found.lock().unwrap_or_else(|e| e.into_inner());
+        for (row, m) in mine.into_iter().enumerate() {
+            f[row * parts + tid] = m;
+        }
+    });
+    let found = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    out.extend((0..rows).map(|row| {
+        if data[row * n_vocab].is_nan() {
+            return 0;
+        }
+        let ps = &found[row * parts..(row + 1) * parts];
+        let max = ps
+            .iter()
+            .flatten()
+            .fold(f32::NEG_INFINITY, |a, &(m, _)| a.max(m));
+        ps.iter()
+            .flatten()
+            .find(|&&(m, _)| m == max)
+            .map_or(0, |&(_, i)| i as u32)
+    }));
 }
 
 fn apply_penalties(cands: &mut [Cand], history: &[u32], cfg: &SamplerConfig) {
@@ -322,6 +381,45 @@ mod tests {
                 _ => {}
             }
             assert_eq!(argmax(&l), scan(&l), "{l:?}");
+        }
+    }
+
+    /// The batched argmax picks, row by row, what the single scan picks, whatever the parts:
+    /// maxima in either part, ties across the boundary, NaNs, signed zeros.
+    #[test]
+    fn argmax_rows_equals_argmax() {
+        let mut seed = 11u64;
+        for threads in [1usize, 2, 3] {
+            let pool = dino_kernels::pool::ThreadPool::new(threads);
+            for case in 0..60 {
+                let n_vocab = [1usize, 17, 4096, 5000, 9000, 12_345][case % 6];
+                let rows = 1 + case % 5;
+                let mut data: Vec<f32> = (0..rows * n_vocab)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        ((seed >> 40) % 9) as f32 - 4.0
+                    })
+                    .collect();
+                match case % 5 {
+                    1 => data.iter_mut().step_by(7).for_each(|x| *x = f32::NAN),
+                    2 => data[0] = f32::NAN,
+                    3 => data
+                        .iter_mut()
+                        .for_each(|x| *x = if *x > 0.0 { -0.0 } else { *x }),
+                    // A row's only maximum late in the row (in the last part when split).
+                    4 => {
+                        for row in data.chunks_mut(n_vocab) {
+                            let at = n_vocab - 1 - (case * 31) % n_vocab.div_ceil(4);
+                            row[at] = 9.0;
+                        }
+                    }
+                    _ => {}
+                }
+                let mut got = Vec::new();
+                argmax_rows(&pool, &data, n_vocab, &mut got);
+                let want: Vec<u32> = data.chunks(n_vocab).map(argmax).collect();
+                assert_eq!(got, want, "threads {threads} case {case}");
+            }
         }
     }
 
