@@ -811,8 +811,16 @@ fn swiglu_simd_equals_scalar() {
         f32::MIN,
         1e30,
         -1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        87.0,
+        -87.0,
+        103.5,
+        -133.0,
     ]);
     gate.extend((0..2000).map(|i| (i as f32 - 1000.0) * 0.137));
+    gate.extend((0..400).map(|i| (i as f32 - 200.0) * 0.9));
     let up: Vec<f32> = rand_f32(&mut rng, gate.len(), 3.0);
     let mut want = gate.clone();
     dino_kernels::ops::swiglu_scalar(&mut want, &up);

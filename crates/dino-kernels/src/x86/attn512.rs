@@ -11,16 +11,72 @@ use crate::dispatch::OpKernels;
 use crate::ops::{AttnShape, KvSpan, KV_BLOCK};
 use half::f16;
 
-/// The op kernels of the AVX-512 level: this decode attention, the AVX2 level's others.
+/// The op kernels of the AVX-512 level: this decode attention and SwiGLU, the AVX2 level's
+/// others.
 pub(crate) fn avx512_op_kernels() -> Option<&'static OpKernels> {
     let base = super::attn::avx2_op_kernels()?;
     static K: std::sync::OnceLock<OpKernels> = std::sync::OnceLock::new();
     avx512_detected().then(|| {
         K.get_or_init(|| OpKernels {
             attend_decode,
+            swiglu,
             ..*base
         })
     })
+}
+
+fn swiglu(gate: &mut [f32], up: &[f32]) {
+    assert!(avx512_detected());
+    // SAFETY: the CPU has AVX-512 F/BW/VL (asserted), and AVX2/FMA with it; memory is read
+    // and written through bounds-checked slices only.
+    unsafe { swiglu_avx512(gate, up) }
+}
+
+/// `ops::swiglu_scalar` 16 lanes at a time: `x / (1 + ggml_expf(-x)) * u` with the same
+/// steps, and `j · 2^n` by `vscalefps`, which rounds once as the scalar form's double product
+/// does (ggml's own AVX-512 exponential uses it too).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn swiglu_avx512(gate: &mut [f32], up: &[f32]) {
+    let c = |b: u32| _mm512_set1_ps(f32::from_bits(b));
+    let one = _mm512_set1_ps(1.0);
+    let n = gate.len().min(up.len());
+    let (g16, g_tail) = gate[..n].split_at_mut(n / 16 * 16);
+    let (u16, u_tail) = up[..n].split_at(n / 16 * 16);
+    for (g, u) in g16.chunks_exact_mut(16).zip(u16.chunks_exact(16)) {
+        let g: &mut [f32; 16] = g.try_into().expect("16 floats");
+        let u: &[f32; 16] = u.try_into().expect("16 floats");
+        let x = _mm512_loadu_ps(g.as_ptr());
+        let nx = _mm512_sub_ps(_mm512_setzero_ps(), x);
+        // ops::expf_parts(-x).
+        let r = c(0x4b40_0000);
+        let nn = _mm512_sub_ps(_mm512_fmadd_ps(nx, c(0x3fb8_aa3b), r), r);
+        let b = _mm512_fnmadd_ps(nn, c(0x35bf_be8e), _mm512_fnmadd_ps(nn, c(0x3f31_7200), nx));
+        let sq = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+                sq,
+                _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+            ),
+            sq,
+            _mm512_fmadd_ps(c(0x3f7f_fff6), b, one),
+        );
+        let mut e = _mm512_scalef_ps(j, nn);
+        // |n| > 192: 0 below, infinity above.
+        let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(nn), _mm512_set1_ps(192.0));
+        if big != 0 {
+            let low = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(nn, _mm512_setzero_ps());
+            let edge =
+                _mm512_mask_blend_ps(low, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
+            e = _mm512_mask_blend_ps(big, e, edge);
+        }
+        let silu = _mm512_div_ps(x, _mm512_add_ps(one, e));
+        _mm512_storeu_ps(
+            g.as_mut_ptr(),
+            _mm512_mul_ps(silu, _mm512_loadu_ps(u.as_ptr())),
+        );
+    }
+    crate::ops::swiglu_scalar(g_tail, u_tail);
 }
 
 fn attend_decode(q: &[f32], kv: &KvSpan, s: &AttnShape, out: &mut [f32]) {
