@@ -301,13 +301,16 @@ pub fn matmul_fused(
     // Quantizes tokens `r` (normalized first with a pre-norm); run by the product launch
     // itself before its barrier, so a matmul is one launch.
     let quantize = |r: std::ops::Range<usize>| {
+        if let Some(nm) = norm {
+            // SAFETY: tokens r's normalized rows belong to this chunk only.
+            let xn = unsafe { pxn.slice(r.start * n_in, r.len() * n_in) };
+            crate::ops::rmsnorm_rows(&x[r.start * n_in..r.end * n_in], nm.weight, nm.eps, xn);
+        }
         for t in r {
             let mut xr = &x[t * n_in..(t + 1) * n_in];
-            if let Some(nm) = norm {
-                // SAFETY: token t's normalized row belongs to this chunk only.
-                let xn = unsafe { pxn.slice(t * n_in, n_in) };
-                crate::ops::rmsnorm(xr, nm.weight, nm.eps, xn);
-                xr = xn;
+            if norm.is_some() {
+                // SAFETY: token t's normalized row belongs to this chunk only (written above).
+                xr = unsafe { pxn.slice_ref(t * n_in, n_in) };
             }
             for (p, q) in quantizers.iter().enumerate() {
                 if let Some((quantize, row)) = q {

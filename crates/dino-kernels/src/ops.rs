@@ -7,11 +7,47 @@ use half::f16;
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert!(x.len() == w.len() && x.len() == out.len());
     let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
-    // As ggml: squares summed in double, the mean and the root taken in float.
+    rmsnorm_finish(x, sum, w, eps, out);
+}
+
+/// The rest of [`rmsnorm`] once the squares are summed: as ggml, the mean and the root taken
+/// in float.
+#[inline]
+fn rmsnorm_finish(x: &[f32], sum: f64, w: &[f32], eps: f32, out: &mut [f32]) {
     let mean = (sum / x.len() as f64) as f32;
     let scale = 1.0f32 / (mean + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = (v * scale) * g;
+    }
+}
+
+/// [`rmsnorm`] of every `w.len()`-element row of `x` into the same row of `out`, the rows'
+/// sums of squares run four at a time, interleaved: each row's sum is one serial chain of
+/// double additions (ggml's order), so four chains overlap where one would wait on each add.
+/// Each row's arithmetic is [`rmsnorm`]'s.
+pub fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    assert!(n > 0 && x.len() == out.len() && x.len().is_multiple_of(n));
+    let mut xs = x.chunks_exact(4 * n);
+    let mut outs = out.chunks_exact_mut(4 * n);
+    for (x4, o4) in (&mut xs).zip(&mut outs) {
+        let rows: [&[f32]; 4] = std::array::from_fn(|k| &x4[k * n..(k + 1) * n]);
+        let mut sum = [0f64; 4];
+        for i in 0..n {
+            for (s, r) in sum.iter_mut().zip(&rows) {
+                *s += (r[i] * r[i]) as f64;
+            }
+        }
+        for (k, o) in o4.chunks_exact_mut(n).enumerate() {
+            rmsnorm_finish(rows[k], sum[k], w, eps, o);
+        }
+    }
+    for (xr, o) in xs
+        .remainder()
+        .chunks_exact(n)
+        .zip(outs.into_remainder().chunks_exact_mut(n))
+    {
+        rmsnorm(xr, w, eps, o);
     }
 }
 
@@ -636,6 +672,39 @@ pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The interleaved rows form normalizes each row exactly as `rmsnorm` alone: 1 to 9 rows
+    /// (groups of four and a remainder), wide value ranges, zero rows.
+    #[test]
+    fn rmsnorm_rows_equals_rmsnorm() {
+        let mut seed = 3u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for n in [1usize, 7, 64, 576] {
+            let w: Vec<f32> = (0..n).map(|_| 1.0 + next()).collect();
+            for rows in 1..=9 {
+                let x: Vec<f32> = (0..rows * n)
+                    .map(|i| match i % 11 {
+                        0 => next() * 1e4,
+                        1 => next() * 1e-4,
+                        _ if i / n == 2 => 0.0,
+                        _ => next() * 3.0,
+                    })
+                    .collect();
+                let mut got = vec![0f32; x.len()];
+                rmsnorm_rows(&x, &w, 1e-5, &mut got);
+                for (r, g) in x.chunks(n).zip(got.chunks(n)) {
+                    let mut want = vec![0f32; n];
+                    rmsnorm(r, &w, 1e-5, &mut want);
+                    assert!(g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+                }
+            }
+        }
+    }
 
     /// GeGLU follows ggml's table form: GELU of the f16-rounded input, rounded to f16, times up;
     /// 0 at or below -10 and `x * up` at or above 10.
