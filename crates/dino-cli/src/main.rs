@@ -29,7 +29,8 @@ mod serve;
         dino pull --list                      (models Dino can fetch)\n  dino inspect model.gguf               (metadata and tensors)\n  \
         dino perplexity -m model.gguf -f text.txt\n  \
         dino run -m ./hf-dir --quant q8_0 -p \"...\"  (a Hugging Face checkpoint, quantized at load)\n  \
-        dino convert ./hf-dir out.gguf --type q8_0"
+        dino convert ./hf-dir out.gguf --type q8_0\n  \
+        dino quantize model-f16.gguf model-q4_k_m.gguf --type q4_k_m"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -67,6 +68,23 @@ enum Cmd {
             Tensors are streamed one at a time, so memory stays near one tensor's size."
     )]
     Convert(ConvertArgs),
+    /// Quantize a GGUF file or a Hugging Face directory to a GGUF file, with llama-quantize's
+    /// types and mixes (Q4_K_M, Q3_K_M, ...).
+    #[command(
+        long_about = "Quantize a model to a GGUF file that llama.cpp and Dino load. IN is a GGUF file \
+            (best F32, F16 or BF16; a quantized one works, with a warning: its weights are rounded a \
+            second time) or a Hugging Face checkpoint directory.\n\n\
+            --type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q6_k, and the mixes llama.cpp users \
+            know: q2_k, q2_k_s, q3_k_s, q3_k_m (q3_k), q3_k_l, q4_k_s, q4_k_m (q4_k), q5_k_s, q5_k_m \
+            (q5_k). Each tensor's type follows llama-quantize's rules, so a Dino Q4_K_M holds the same \
+            types as llama.cpp's, tensor for tensor: the output head (or the tied token embedding) at \
+            Q6_K, attn_v and ffn_down of the first and last eighth of the layers and every third one \
+            between raised in the _M mixes, norms and biases kept, rows that are not whole blocks \
+            falling back to a 32-element type or F16. --pure uses the type for every weight matrix.\n\n\
+            Tensors are converted one at a time on all threads and streamed to OUT.part, renamed when \
+            complete: memory stays near the largest output tensor."
+    )]
+    Quantize(QuantizeArgs),
     /// Chat with a model in the terminal through its chat template (one message per line).
     Chat(chat::ChatArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions,
@@ -205,6 +223,38 @@ struct ConvertArgs {
 }
 
 #[derive(Args)]
+struct QuantizeArgs {
+    /// Input: a GGUF file or a Hugging Face checkpoint directory.
+    src: PathBuf,
+    /// Output GGUF file (written through OUT.part, renamed when complete).
+    out: PathBuf,
+    /// File type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q2_k_s, q3_k_s, q3_k_m,
+    /// q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k (q3_k, q4_k, q5_k: the _m mixes).
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_ftype)]
+    ty: dino_engine::quantize::Ftype,
+    /// Every weight matrix at the type itself: no mix rules, no Q6_K output head.
+    #[arg(long)]
+    pure: bool,
+    /// Threads (default: all cores).
+    #[arg(short = 't', long = "threads", default_value_t = 0)]
+    threads: usize,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_ftype(s: &str) -> std::result::Result<dino_engine::quantize::Ftype, String> {
+    use dino_engine::quantize::Ftype;
+    Ftype::parse(s).ok_or_else(|| {
+        let names: Vec<String> = Ftype::ALL
+            .iter()
+            .map(|f| f.name().to_ascii_lowercase())
+            .collect();
+        format!("unknown file type '{s}' (one of: {})", names.join(", "))
+    })
+}
+
+#[derive(Args)]
 struct PullArgs {
     /// Catalog name (default: the default model).
     name: Option<String>,
@@ -251,6 +301,7 @@ fn main() {
         Cmd::Perplexity(a) => cmd_ppl(a),
         Cmd::Bench(a) => bench::cmd_bench(a),
         Cmd::Convert(a) => cmd_convert(a),
+        Cmd::Quantize(a) => cmd_quantize(a),
         Cmd::Chat(a) => chat::cmd_chat(a),
         Cmd::Serve(a) => serve::cmd_serve(a),
     };
@@ -424,6 +475,39 @@ fn cmd_convert(a: ConvertArgs) -> Result<()> {
         "wrote {} ({} of tensor data) in {:.1} s, peak RSS {}",
         a.out.display(),
         fmt_bytes(bytes),
+        t0.elapsed().as_secs_f64(),
+        peak_rss_bytes()
+            .map(fmt_bytes)
+            .unwrap_or_else(|| "unavailable".into())
+    );
+    Ok(())
+}
+
+fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
+    use dino_engine::quantize::{quantize, QuantizeOptions};
+    let t0 = std::time::Instant::now();
+    let r = quantize(
+        &a.src,
+        &a.out,
+        &QuantizeOptions {
+            ftype: a.ty,
+            pure: a.pure,
+            threads: a.threads,
+            progress: !a.quiet,
+        },
+    )
+    .with_context(|| format!("quantizing {}", a.src.display()))?;
+    let types: Vec<String> = r.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    eprintln!(
+        "wrote {} ({}): {} tensors ({}), {} -> {} of tensor data ({:.2} bits per weight \
+         overall) in {:.1} s, peak RSS {}",
+        a.out.display(),
+        a.ty.name(),
+        r.n_tensors,
+        types.join(", "),
+        fmt_bytes(r.bytes_in),
+        fmt_bytes(r.bytes_out),
+        8.0 * r.bytes_out as f64 / r.n_elements.max(1) as f64,
         t0.elapsed().as_secs_f64(),
         peak_rss_bytes()
             .map(fmt_bytes)

@@ -460,3 +460,52 @@ fn hf_directory_errors_are_clear() {
         "{out}"
     );
 }
+
+/// `dino quantize` writes a model that `dino run` loads, says what it wrote, and names the
+/// accepted types when given another.
+#[test]
+fn quantize_writes_a_runnable_model() {
+    let m = tiny_model();
+    let out = tmp("tiny-q4_k_m.gguf");
+    let o = dino(&[
+        "quantize",
+        m.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--type",
+        "q4_k_m",
+        "-q",
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("(Q4_K_M)") && err.contains("bits per weight"),
+        "{err}"
+    );
+    // Already quantized (Q8_0): said so.
+    assert!(err.contains("already quantized"), "{err}");
+    let o = dino(&[
+        "run",
+        "-m",
+        out.to_str().unwrap(),
+        "-p",
+        "hello",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = dino(&[
+        "quantize",
+        m.to_str().unwrap(),
+        "x.gguf",
+        "--type",
+        "q4_k_x",
+    ]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("unknown file type") && err.contains("q3_k_m"),
+        "{err}"
+    );
+}

@@ -55,6 +55,7 @@ pub mod blocks;
 pub mod energy;
 pub mod metrics;
 mod perplexity;
+pub mod quantize;
 pub mod sampler;
 
 pub use dino_models::{Batch, KvCache, Logits, Model, ModelInfo};
