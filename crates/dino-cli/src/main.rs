@@ -147,7 +147,7 @@ impl SamplingArgs {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ModelArgs {
     /// Model: a GGUF file, a Hugging Face checkpoint directory (config.json, tokenizer.json,
     /// *.safetensors) or a catalog name (see `dino pull --list`). Default: SmolLM2-135M-Instruct Q4_1.
@@ -288,6 +288,12 @@ struct PplArgs {
     /// Tokens per forward batch.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch: usize,
+    /// KL divergence against a base model (the F16/F32 original of a quantized -m; a file,
+    /// directory or catalog name): both run on the same chunks, and the KL divergence of the
+    /// next-token distributions, the share of positions whose top token agrees and the PPL
+    /// ratio are printed, as llama-perplexity --kl-divergence prints them (no logits file).
+    #[arg(long = "kl-divergence-base", value_name = "BASE")]
+    kl_base: Option<String>,
 }
 
 fn main() {
@@ -606,6 +612,49 @@ fn cmd_ppl(a: PplArgs) -> Result<()> {
         max_chunks: a.chunks,
         n_batch: a.batch.min(n_ctx),
     };
+    if let Some(b) = &a.kl_base {
+        let base = load_engine(&ModelArgs {
+            model: Some(b.clone()),
+            ..a.model.clone()
+        })
+        .with_context(|| format!("loading the KL-divergence base {b}"))?;
+        eprintln!(
+            "kl-divergence: n_ctx = {n_ctx}, base {b}, scoring the second half of each chunk"
+        );
+        let mut err = std::io::stderr();
+        let r = dino_engine::kl_divergence(&engine, &base, text, &opts, |i, n, mean| {
+            let _ = write!(err, "[{}]{:.6},", i + 1, mean);
+            if i + 1 == n {
+                let _ = writeln!(err);
+            }
+            let _ = err.flush();
+        })?;
+        println!("chunks {}, scored tokens {}", r.n_chunks, r.n_scored);
+        println!("Mean PPL(Q)                   : {:10.6}", r.ppl);
+        println!("Mean PPL(base)                : {:10.6}", r.ppl_base);
+        println!(
+            "Mean PPL(Q)/PPL(base)         : {:10.6} ± {:10.6}",
+            r.ppl_ratio, r.ppl_ratio_err
+        );
+        println!("Mean    KLD: {:10.6} ± {:10.6}", r.kld_mean, r.kld_err);
+        println!("Maximum KLD: {:10.6}", r.kld_max);
+        println!("99.0%   KLD: {:10.6}", r.kld_p99);
+        println!("Median  KLD: {:10.6}", r.kld_median);
+        println!("RMS Δp    : {:8.3} %", 100.0 * r.dp_rms);
+        println!(
+            "Same top p: {:6.3} ± {:5.3} %",
+            100.0 * r.same_top,
+            100.0 * r.same_top_err
+        );
+        eprintln!(
+            "{:.1} s, peak RSS {}",
+            r.elapsed.as_secs_f64(),
+            peak_rss_bytes()
+                .map(fmt_bytes)
+                .unwrap_or_else(|| "unavailable".into())
+        );
+        return Ok(());
+    }
     eprintln!("perplexity: n_ctx = {n_ctx}, scoring the second half of each chunk");
     let mut err = std::io::stderr();
     let r = perplexity(&engine, text, &opts, |i, n, running| {

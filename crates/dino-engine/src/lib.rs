@@ -60,7 +60,7 @@ pub mod sampler;
 
 pub use dino_models::{Batch, KvCache, Logits, Model, ModelInfo};
 pub use dino_tokenizer::Tokenizer;
-pub use perplexity::{perplexity, PerplexityOptions, PerplexityResult};
+pub use perplexity::{kl_divergence, perplexity, KlResult, PerplexityOptions, PerplexityResult};
 pub use sampler::{Sampler, SamplerConfig};
 
 use dino_core::{Error, GgmlType, Result};

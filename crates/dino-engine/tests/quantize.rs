@@ -129,3 +129,63 @@ fn bad_input_is_an_error() {
     let e = quantize(&src, &out, &opts(Ftype::Q2_K_S)).unwrap_err();
     assert!(e.to_string().contains("imatrix"), "{e}");
 }
+
+/// KL divergence against the F16 original: zero for the original itself (every top token the
+/// same), and growing as bits go: Q8_0 < Q4_K_M < Q3_K_M, with the PPL ratio ordered alike.
+#[test]
+fn kl_divergence_orders_the_quantizations() {
+    use dino_engine::{kl_divergence, Engine, EngineOptions, PerplexityOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let f16 = dir.path().join("f16.gguf");
+    quantize(&dino_testutil::model("smollm2"), &f16, &opts(Ftype::F16)).unwrap();
+    let text = std::fs::read_to_string(dino_testutil::hamlet()).unwrap();
+    let load = |p: &Path| {
+        Engine::load(
+            p,
+            &EngineOptions {
+                threads: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let po = PerplexityOptions {
+        n_ctx: 256,
+        max_chunks: Some(2),
+        n_batch: 256,
+    };
+    let base = load(&f16);
+    let own = kl_divergence(&base, &base, &text, &po, |_, _, _| {}).unwrap();
+    assert_eq!(own.kld_mean, 0.0);
+    assert_eq!(own.same_top, 1.0);
+    assert_eq!(own.ppl_ratio, 1.0);
+    let mut last = (0.0, 1.0);
+    for ft in [Ftype::Q8_0, Ftype::Q4_K_M, Ftype::Q3_K_M] {
+        let out = dir.path().join(format!("{}.gguf", ft.name()));
+        quantize(&f16, &out, &opts(ft)).unwrap();
+        let r = kl_divergence(&load(&out), &base, &text, &po, |_, _, _| {}).unwrap();
+        eprintln!(
+            "{}: KLD {:.5} ± {:.5}, same top {:.2} %, PPL ratio {:.4}",
+            ft.name(),
+            r.kld_mean,
+            r.kld_err,
+            100.0 * r.same_top,
+            r.ppl_ratio
+        );
+        assert_eq!(r.n_scored, 2 * 127);
+        assert!(
+            r.kld_mean > last.0,
+            "{}: KLD {} not above {}",
+            ft.name(),
+            r.kld_mean,
+            last.0
+        );
+        assert!(
+            r.ppl_ratio > last.1 - 0.01,
+            "{}: PPL ratio {}",
+            ft.name(),
+            r.ppl_ratio
+        );
+        last = (r.kld_mean, r.ppl_ratio);
+    }
+}
