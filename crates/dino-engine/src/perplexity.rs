@@ -42,14 +42,13 @@ pub struct PerplexityResult {
     pub elapsed: Duration,
 }
 
-/// Compute perplexity of `text`. `on_chunk(i, n_chunks, running_ppl)` is called after each chunk.
-pub fn perplexity(
+/// The text's tokens (BOS per the model) and how many chunks of `n_ctx` are evaluated; an
+/// error when the context is too small or the text too short for two chunks.
+fn chunked_tokens(
     engine: &Engine,
     text: &str,
     opts: &PerplexityOptions,
-    mut on_chunk: impl FnMut(usize, usize, f64),
-) -> Result<PerplexityResult> {
-    let t0 = Instant::now();
+) -> Result<(Vec<u32>, usize)> {
     let n_ctx = opts.n_ctx;
     if n_ctx < 4 {
         return Err(Error::invalid("perplexity needs --ctx-size of at least 4"));
@@ -66,8 +65,30 @@ pub fn perplexity(
     if let Some(m) = opts.max_chunks {
         n_chunks = n_chunks.min(m.max(1));
     }
-    let add_bos = engine.tokenizer.add_bos();
-    let bos = engine.tokenizer.bos();
+    Ok((tokens, n_chunks))
+}
+
+/// Chunk `c`'s tokens, the first replaced by BOS when the model adds one.
+fn chunk_tokens(engine: &Engine, tokens: &[u32], c: usize, n_ctx: usize) -> Vec<u32> {
+    let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
+    if engine.tokenizer.add_bos() {
+        if let Some(b) = engine.tokenizer.bos() {
+            chunk[0] = b;
+        }
+    }
+    chunk
+}
+
+/// Compute perplexity of `text`. `on_chunk(i, n_chunks, running_ppl)` is called after each chunk.
+pub fn perplexity(
+    engine: &Engine,
+    text: &str,
+    opts: &PerplexityOptions,
+    mut on_chunk: impl FnMut(usize, usize, f64),
+) -> Result<PerplexityResult> {
+    let t0 = Instant::now();
+    let n_ctx = opts.n_ctx;
+    let (tokens, n_chunks) = chunked_tokens(engine, text, opts)?;
     let first = n_ctx / 2;
     let n_batch = opts.n_batch.clamp(1, n_ctx);
     let mut kv = engine.new_kv(n_ctx)?;
@@ -76,12 +97,7 @@ pub fn perplexity(
     let mut per_chunk = Vec::with_capacity(n_chunks);
     for c in 0..n_chunks {
         let start = c * n_ctx;
-        let mut chunk: Vec<u32> = tokens[start..start + n_ctx].to_vec();
-        if add_bos {
-            if let Some(b) = bos {
-                chunk[0] = b;
-            }
-        }
+        let chunk = chunk_tokens(engine, &tokens, c, n_ctx);
         // The cache is rebuilt from position 0 for every chunk; old entries are overwritten.
         for (bi, part) in chunk.chunks(n_batch).enumerate() {
             let p0 = bi * n_batch;
@@ -183,10 +199,7 @@ pub fn kl_divergence(
 ) -> Result<KlResult> {
     let t0 = Instant::now();
     let n_ctx = opts.n_ctx;
-    if n_ctx < 4 {
-        return Err(Error::invalid("perplexity needs --ctx-size of at least 4"));
-    }
-    let tokens = engine.tokenizer.encode(text, true, false)?;
+    let (tokens, n_chunks) = chunked_tokens(engine, text, opts)?;
     let base_tokens = base.tokenizer.encode(text, true, false)?;
     if tokens != base_tokens
         || engine.model.info().hparams.n_vocab != base.model.info().hparams.n_vocab
@@ -195,17 +208,6 @@ pub fn kl_divergence(
             "the model and the KL-divergence base do not share a vocabulary (the text tokenizes \
              differently, or the vocabulary sizes differ): compare a model with its own original",
         ));
-    }
-    if tokens.len() < 2 * n_ctx {
-        return Err(Error::invalid(format!(
-            "you need at least {} tokens to evaluate perplexity with a context of {n_ctx}; the text has {} tokens",
-            2 * n_ctx,
-            tokens.len()
-        )));
-    }
-    let mut n_chunks = tokens.len() / n_ctx;
-    if let Some(m) = opts.max_chunks {
-        n_chunks = n_chunks.min(m.max(1));
     }
     let first = n_ctx / 2;
     let n_batch = opts.n_batch.clamp(1, n_ctx);
@@ -238,12 +240,7 @@ pub fn kl_divergence(
     };
     for c in 0..n_chunks {
         let start = c * n_ctx;
-        let mut chunk: Vec<u32> = tokens[start..start + n_ctx].to_vec();
-        if engine.tokenizer.add_bos() {
-            if let Some(b) = engine.tokenizer.bos() {
-                chunk[0] = b;
-            }
-        }
+        let chunk = chunk_tokens(engine, &tokens, c, n_ctx);
         base_rows.resize_with(n_ctx - 1 - first, Vec::new);
         eval(base, &mut kv_base, &chunk, &mut logits, &mut |p, row| {
             let r = &mut base_rows[p - first];

@@ -20,140 +20,12 @@
 
 use crate::stderr_progress;
 use dino_core::{Error, GgmlType, Result};
-use dino_formats::gguf::{GgufFile, GgufWriter, Value};
+pub use dino_formats::gguf::Ftype;
+use dino_formats::gguf::{fallback_type, GgufFile, GgufWriter, Value};
 use dino_formats::hf::{Conversion, HfModel, OutType};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-
-/// A file type, as `llama-quantize` names them (`general.file_type` holds its number).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(non_camel_case_types)]
-pub enum Ftype {
-    F32,
-    F16,
-    BF16,
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Q8_0,
-    Q2_K,
-    Q2_K_S,
-    Q3_K_S,
-    Q3_K_M,
-    Q3_K_L,
-    Q4_K_S,
-    Q4_K_M,
-    Q5_K_S,
-    Q5_K_M,
-    Q6_K,
-}
-
-impl Ftype {
-    pub const ALL: [Ftype; 18] = [
-        Ftype::F32,
-        Ftype::F16,
-        Ftype::BF16,
-        Ftype::Q4_0,
-        Ftype::Q4_1,
-        Ftype::Q5_0,
-        Ftype::Q5_1,
-        Ftype::Q8_0,
-        Ftype::Q2_K,
-        Ftype::Q2_K_S,
-        Ftype::Q3_K_S,
-        Ftype::Q3_K_M,
-        Ftype::Q3_K_L,
-        Ftype::Q4_K_S,
-        Ftype::Q4_K_M,
-        Ftype::Q5_K_S,
-        Ftype::Q5_K_M,
-        Ftype::Q6_K,
-    ];
-
-    /// `llama_ftype`'s number, written as `general.file_type`.
-    pub fn id(self) -> u32 {
-        use Ftype::*;
-        match self {
-            F32 => 0,
-            F16 => 1,
-            Q4_0 => 2,
-            Q4_1 => 3,
-            Q8_0 => 7,
-            Q5_0 => 8,
-            Q5_1 => 9,
-            Q2_K => 10,
-            Q3_K_S => 11,
-            Q3_K_M => 12,
-            Q3_K_L => 13,
-            Q4_K_S => 14,
-            Q4_K_M => 15,
-            Q5_K_S => 16,
-            Q5_K_M => 17,
-            Q6_K => 18,
-            Q2_K_S => 21,
-            BF16 => 32,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        use Ftype::*;
-        match self {
-            F32 => "F32",
-            F16 => "F16",
-            BF16 => "BF16",
-            Q4_0 => "Q4_0",
-            Q4_1 => "Q4_1",
-            Q5_0 => "Q5_0",
-            Q5_1 => "Q5_1",
-            Q8_0 => "Q8_0",
-            Q2_K => "Q2_K",
-            Q2_K_S => "Q2_K_S",
-            Q3_K_S => "Q3_K_S",
-            Q3_K_M => "Q3_K_M",
-            Q3_K_L => "Q3_K_L",
-            Q4_K_S => "Q4_K_S",
-            Q4_K_M => "Q4_K_M",
-            Q5_K_S => "Q5_K_S",
-            Q5_K_M => "Q5_K_M",
-            Q6_K => "Q6_K",
-        }
-    }
-
-    /// A file type by name, any case; `Q3_K`, `Q4_K`, `Q5_K` mean their `_M` mixes, as in
-    /// `llama-quantize`.
-    pub fn parse(s: &str) -> Option<Ftype> {
-        let u = s.trim().to_ascii_uppercase();
-        let u = match u.as_str() {
-            "Q3_K" => "Q3_K_M",
-            "Q4_K" => "Q4_K_M",
-            "Q5_K" => "Q5_K_M",
-            other => other,
-        };
-        Ftype::ALL.into_iter().find(|f| f.name() == u)
-    }
-
-    /// The type of the tensors no rule raises (`llama_ftype_get_default_type`).
-    pub fn default_type(self) -> GgmlType {
-        use Ftype::*;
-        match self {
-            F32 => GgmlType::F32,
-            F16 => GgmlType::F16,
-            BF16 => GgmlType::BF16,
-            Q4_0 => GgmlType::Q4_0,
-            Q4_1 => GgmlType::Q4_1,
-            Q5_0 => GgmlType::Q5_0,
-            Q5_1 => GgmlType::Q5_1,
-            Q8_0 => GgmlType::Q8_0,
-            Q2_K | Q2_K_S => GgmlType::Q2_K,
-            Q3_K_S | Q3_K_M | Q3_K_L => GgmlType::Q3_K,
-            Q4_K_S | Q4_K_M => GgmlType::Q4_K,
-            Q5_K_S | Q5_K_M => GgmlType::Q5_K,
-            Q6_K => GgmlType::Q6_K,
-        }
-    }
-}
 
 /// What [`quantize`] does.
 #[derive(Clone, Debug)]
@@ -303,27 +175,6 @@ fn facts(file: &GgufFile) -> ModelFacts {
     }
 }
 
-/// llama.cpp's fallback when a row is not a whole number of `ty`'s blocks.
-fn fallback(ty: GgmlType, ne0: u64) -> GgmlType {
-    use GgmlType::*;
-    let fits = |t: GgmlType| ne0.is_multiple_of(t.block_size() as u64);
-    if fits(ty) {
-        return ty;
-    }
-    let next = match ty {
-        Q2_K | Q3_K => Q4_0,
-        Q4_K => Q5_0,
-        Q5_K => Q5_1,
-        Q6_K => Q8_0,
-        other => other,
-    };
-    if fits(next) {
-        next
-    } else {
-        F16
-    }
-}
-
 /// Block types (F32, F16 and BF16 are per element).
 fn is_quantized(t: GgmlType) -> bool {
     t.block_size() > 1
@@ -376,7 +227,7 @@ pub fn plan(file: &GgufFile, ftype: Ftype, pure: bool) -> Vec<GgmlType> {
                 i_ffn_down += 1;
             }
         }
-        out[ti] = fallback(ty, t.ne0());
+        out[ti] = fallback_type(ty, t.ne0());
     }
     out
 }
@@ -664,19 +515,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ftype_names_and_ids() {
-        assert_eq!(Ftype::parse("q4_k_m"), Some(Ftype::Q4_K_M));
-        assert_eq!(Ftype::parse("Q4_K"), Some(Ftype::Q4_K_M));
-        assert_eq!(Ftype::parse("q3_k"), Some(Ftype::Q3_K_M));
-        assert_eq!(Ftype::parse("iq2_xs"), None);
-        assert_eq!(Ftype::Q4_K_M.id(), 15);
-        assert_eq!(Ftype::BF16.id(), 32);
-        for f in Ftype::ALL {
-            assert_eq!(Ftype::parse(f.name()), Some(f));
-        }
-    }
-
-    #[test]
     fn more_bits_layers_are_llamas() {
         // 24 layers: the first 3, the last 3, and every third in between.
         let picked: Vec<usize> = (0..24).filter(|&i| use_more_bits(i, 24)).collect();
@@ -685,9 +523,9 @@ mod tests {
 
     #[test]
     fn fallbacks_follow_the_row_length() {
-        assert_eq!(fallback(GgmlType::Q4_K, 896), GgmlType::Q5_0);
-        assert_eq!(fallback(GgmlType::Q6_K, 576), GgmlType::Q8_0);
-        assert_eq!(fallback(GgmlType::Q3_K, 1536), GgmlType::Q3_K);
-        assert_eq!(fallback(GgmlType::Q4_0, 72), GgmlType::F16);
+        assert_eq!(fallback_type(GgmlType::Q4_K, 896), GgmlType::Q5_0);
+        assert_eq!(fallback_type(GgmlType::Q6_K, 576), GgmlType::Q8_0);
+        assert_eq!(fallback_type(GgmlType::Q3_K, 1536), GgmlType::Q3_K);
+        assert_eq!(fallback_type(GgmlType::Q4_0, 72), GgmlType::F16);
     }
 }

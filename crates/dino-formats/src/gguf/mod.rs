@@ -4,10 +4,12 @@
 //! key/value pairs, then n_tensors tensor infos (name, n_dims u32, dims u64 × n_dims, type u32,
 //! offset u64), padding to `general.alignment` (default 32), then the tensor data.
 
+mod ftype;
 mod reader;
 mod value;
 mod writer;
 
+pub use ftype::{fallback_type, Ftype};
 pub(crate) use reader::release_mapped as release_mapped_range;
 pub use reader::{GgufFile, PlacedTensor, Storage, TensorInfo};
 pub use value::{Array, Metadata, Value, ValueType};

@@ -293,7 +293,7 @@ impl HfModel {
             OutType::Auto => GgmlType::F16,
             OutType::Type(ty) => ty,
         };
-        fallback(want, t.dims[0])
+        crate::gguf::fallback_type(want, t.dims[0])
     }
 
     /// Byte size of tensor `t` as type `ty`.
@@ -479,23 +479,8 @@ impl HfModel {
             .find(|t| names::quantizable(&t.name, t.dims.len()))
             .map(|t| self.out_type(t, out))
             .unwrap_or(GgmlType::F32);
-        use GgmlType::*;
-        let ftype = match main {
-            F32 => 0,
-            F16 => 1,
-            Q4_0 => 2,
-            Q4_1 => 3,
-            Q8_0 => 7,
-            Q5_0 => 8,
-            Q5_1 => 9,
-            Q2_K => 10,
-            Q3_K => 11,
-            Q4_K => 14,
-            Q5_K => 16,
-            Q6_K => 18,
-            BF16 => 32,
-            _ => 0,
-        };
+        // One type for every matrix: the file type llama-quantize --pure names after it.
+        let ftype = crate::gguf::Ftype::of_type(main).map_or(0, crate::gguf::Ftype::id);
         vec![
             ("general.file_type".into(), Value::U32(ftype)),
             ("general.quantization_version".into(), Value::U32(2)),
@@ -654,27 +639,6 @@ fn encode(ty: GgmlType, f: &[f32], out: &mut [u8], encoder: Option<Encoder>) -> 
         _ => (encoder.expect("checked by the caller"))(ty, f, out)?,
     }
     Ok(())
-}
-
-/// llama.cpp's fallback when rows are not a whole number of `want`'s blocks.
-fn fallback(want: GgmlType, n0: u64) -> GgmlType {
-    use GgmlType::*;
-    let fits = |t: GgmlType| n0.is_multiple_of(t.block_size() as u64);
-    if fits(want) {
-        return want;
-    }
-    let next = match want {
-        Q4_K => Q5_0,
-        Q5_K => Q5_1,
-        Q6_K => Q8_0,
-        Q2_K | Q3_K => Q4_0,
-        _ => F16,
-    };
-    if fits(next) {
-        next
-    } else {
-        F16
-    }
 }
 
 /// Plan every GGUF tensor from the shards' tensors.
