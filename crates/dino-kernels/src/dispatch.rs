@@ -362,7 +362,7 @@ fn scalar_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     table!(KQ8_0: l::vec_dot_q8_0_q8_0, l::quantize_q8_0_act, l::dequantize_q8_0, Q8_0);
     table!(KQ8_1: l::vec_dot_q8_1_q8_1, l::quantize_q8_1_act, l::dequantize_q8_1, Q8_1);
     table!(KQ2K: k::vec_dot_q2_k_q8_k, k::quantize_q8_k, k::dequantize_q2_k, Q8_K);
-    table!(KQ3K: k::vec_dot_q3_k_q8_k, k::quantize_q8_k, k::dequantize_q3_k, Q8_K);
+    table!(KQ3K: k::vec_dot_q3_k_q8_k, k::quantize_q8_k, k::dequantize_q3_k, Q8_K, batch: k::vec_dot_q3_k_q8_k_tiled, BatchRule::AllFrom(8));
     table!(KQ4K: k::vec_dot_q4_k_q8_k, k::quantize_q8_k, k::dequantize_q4_k, Q8_K, batch: k::vec_dot_q4_k_q8_k_gemm, BatchRule::WholeGroupsOf4);
     table!(KQ5K: k::vec_dot_q5_k_q8_k, k::quantize_q8_k, k::dequantize_q5_k, Q8_K);
     table!(KQ6K: k::vec_dot_q6_k_q8_k, k::quantize_q8_k, k::dequantize_q6_k, Q8_K, batch: k::vec_dot_q6_k_q8_k_tiled, BatchRule::AllFrom(8));

@@ -237,45 +237,76 @@ fn lane_sums(a: &[i8; QK_K], q8: &[i8; QK_K], scale: impl Fn(usize) -> i32) -> [
     aux32
 }
 
+/// Q2_K · Q8_K with the 8-lane partition of ggml's AVX2 kernel: per super-block, lane `l`
+/// first takes `-d_a·dmin_w · (min_{2l}·bsum_{2l} + min_{2l+1}·bsum_{2l+1})`, then
+/// `d_a·d_w ·` the scaled products of the 2-bit values at offsets `4l..4l+4` of every
+/// 32-element group, each with one FMA; lanes are reduced as `hsum_float_8` does. Same value as
+/// the reference formula up to float rounding, and bit-identical to llama.cpp's AVX2 kernel.
 pub fn vec_dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (x, y) = (as_blocks::<BlockQ2K>(w), as_blocks::<BlockQ8K>(a));
     debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
-    let mut sumf = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (bx, by) in x.iter().zip(y).take(n / QK_K) {
-        let mut summs = 0i32;
-        for j in 0..16 {
-            summs += by.bsum(j) as i32 * (bx.scales[j] >> 4) as i32;
+        let d = by.d() * bx.d();
+        let dmin = -by.d() * bx.dmin();
+        let m = |g: usize| (bx.scales[g] >> 4) as i32 * by.bsum(g) as i32;
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = dmin.mul_add((m(2 * l) + m(2 * l + 1)) as f32, *a);
         }
-        let dall = by.d() * bx.d();
-        let dmin = by.d() * bx.dmin();
         let q = q2k_values(bx);
-        let mut isum = 0i32;
-        for (g, (qg, q8g)) in q.chunks_exact(16).zip(by.qs.chunks_exact(16)).enumerate() {
-            let isuml: i32 = qg.iter().zip(q8g).map(|(&v, &u)| v as i32 * u as i32).sum();
-            isum += (bx.scales[g] & 0xF) as i32 * isuml;
+        let mut lanes = [0i32; 8];
+        for (e, (&qv, &av)) in q.iter().zip(by.qs.iter()).enumerate() {
+            lanes[(e % 32) / 4] += (bx.scales[e / 16] & 0xF) as i32 * qv as i32 * av as i32;
         }
-        sumf += dall * isum as f32 - dmin * summs as f32;
+        for l in 0..8 {
+            acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
+        }
     }
-    sumf
+    hsum_float_8(&acc)
 }
 
+/// Q3_K · Q8_K with the 8-lane partition of ggml's AVX2 kernel: lane `l` sums the scaled
+/// products of the signed 3-bit values at offsets `4l..4l+4` of every 32-element group; lanes
+/// are scaled by `d_a·d_w` with one FMA per super-block and reduced as `hsum_float_8` does.
+/// Same value as the reference formula up to float rounding, and bit-identical to llama.cpp's
+/// per-row kernel on x86.
 pub fn vec_dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (x, y) = (as_blocks::<BlockQ3K>(w), as_blocks::<BlockQ8K>(a));
     debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
-    let mut sums = [0.0f32; 8];
+    let mut acc = [0.0f32; 8];
     for (bx, by) in x.iter().zip(y).take(n / QK_K) {
         let scales = q3k_scales(&bx.scales);
-        let aux32 = lane_sums(&q3k_values(bx), &by.qs, |g| scales[g / 2] as i32);
-        let d = bx.d() * by.d();
+        let q = q3k_values(bx);
+        let mut lanes = [0i32; 8];
+        for (e, (&qv, &av)) in q.iter().zip(by.qs.iter()).enumerate() {
+            lanes[(e % 32) / 4] += scales[e / 16] as i32 * qv as i32 * av as i32;
+        }
+        let d = by.d() * bx.d();
         for l in 0..8 {
-            sums[l] += d * aux32[l] as f32;
+            acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
         }
     }
-    let mut sumf = 0.0f32;
-    for s in sums {
-        sumf += s;
+    hsum_float_8(&acc)
+}
+
+/// Q3_K · Q8_K in the float order of llama.cpp's tiled K-quant GEMM (as
+/// [`vec_dot_q6_k_q8_k_tiled`]): the exact integer dot of each super-block is scaled by the
+/// weight scale, then by the activation scale, and added to the running sum.
+pub fn vec_dot_q3_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ3K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut acc = 0.0f32;
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let scales = q3k_scales(&bx.scales);
+        let q = q3k_values(bx);
+        let mut sumi = 0i32;
+        for (e, (&qv, &av)) in q.iter().zip(by.qs.iter()).enumerate() {
+            sumi += scales[e / 16] as i32 * qv as i32 * av as i32;
+        }
+        let r = sumi as f32 * bx.d();
+        acc = r.mul_add(by.d(), acc);
     }
-    sumf
+    acc
 }
 
 /// Shared by Q4_K and Q5_K, which differ only in how quants are unpacked.

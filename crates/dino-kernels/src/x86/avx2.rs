@@ -53,6 +53,9 @@ safe_wrappers! {
     dot_q5_k => vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32;
     dot_q6_k => vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32;
     dot_q6_k_tiled => vec_dot_q6_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32;
+    dot_q2_k => vec_dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32;
+    dot_q3_k => vec_dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32;
+    dot_q3_k_tiled => vec_dot_q3_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32;
     quant_q8_0 => quantize_q8_0(src: &[f32], dst: &mut [u8]);
     quant_q8_1 => quantize_q8_1(src: &[f32], dst: &mut [u8]);
     quant_q8_k => quantize_q8_k(src: &[f32], dst: &mut [u8]);
@@ -94,8 +97,8 @@ pub(crate) fn avx2_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     table!(KQ5_1: dot_q5_1, quant_q8_1, l::dequantize_q5_1, Q8_1, tile: tile_q5_1);
     table!(KQ8_0: dot_q8_0, quant_q8_0, l::dequantize_q8_0, Q8_0, tile: tile_q8_0);
     table!(KQ8_1: l::vec_dot_q8_1_q8_1, quant_q8_1, l::dequantize_q8_1, Q8_1);
-    table!(KQ2K: k::vec_dot_q2_k_q8_k, quant_q8_k, k::dequantize_q2_k, Q8_K);
-    table!(KQ3K: k::vec_dot_q3_k_q8_k, quant_q8_k, k::dequantize_q3_k, Q8_K);
+    table!(KQ2K: dot_q2_k, quant_q8_k, k::dequantize_q2_k, Q8_K, tile: super::tiles_k::tile_q2_k);
+    table!(KQ3K: dot_q3_k, quant_q8_k, k::dequantize_q3_k, Q8_K, tile: super::tiles_k::tile_q3_k, batch: dot_q3_k_tiled, BatchRule::AllFrom(8), btile: super::tiles_k::tile_q3_k_tiled);
     table!(KQ4K: dot_q4_k, quant_q8_k, k::dequantize_q4_k, Q8_K, tile: super::tiles_k::tile_q4_k, batch: dot_q4_k_gemm, BatchRule::WholeGroupsOf4, btile: super::tiles_k::tile_q4_k_gemm);
     table!(KQ5K: dot_q5_k, quant_q8_k, k::dequantize_q5_k, Q8_K, tile: super::tiles_k::tile_q5_k);
     table!(KQ6K: dot_q6_k, quant_q8_k, k::dequantize_q6_k, Q8_K, tile: super::tiles_k::tile_q6_k, batch: dot_q6_k_tiled, BatchRule::AllFrom(8), btile: super::tiles_k::tile_q6_k_tiled);
@@ -731,4 +734,144 @@ unsafe fn vec_dot_q6_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
         acc = r.mul_add(by.d(), acc);
     }
     acc
+}
+
+/// The 16 signed scales of a Q3_K super-block as i8 (ggml's kmask unpacking; the same values
+/// as `q3k_scales`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q3k_scales_i8(s: &[u8; 12]) -> __m128i {
+    const KMASK1: u32 = 0x0303_0303;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a0, a1, a2) = (u(0), u(1), u(2));
+    let v = _mm_setr_epi32(
+        ((a0 & KMASK2) | ((a2 & KMASK1) << 4)) as i32,
+        ((a1 & KMASK2) | (((a2 >> 2) & KMASK1) << 4)) as i32,
+        (((a0 >> 4) & KMASK2) | (((a2 >> 4) & KMASK1) << 4)) as i32,
+        (((a1 >> 4) & KMASK2) | (((a2 >> 6) & KMASK1) << 4)) as i32,
+    );
+    _mm_sub_epi8(v, _mm_set1_epi8(32))
+}
+
+/// The unsigned 3-bit values (low bits plus 4 if the high bit is set, 0..8) of 32-element
+/// group `g` of a Q3_K super-block; `value - 4` is the signed quant.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q3k_group(bx: &BlockQ3K, hbits: __m256i, g: usize) -> __m256i {
+    let (n, j) = (g / 4, g % 4);
+    let m3 = _mm256_set1_epi8(3);
+    let m1 = _mm256_set1_epi8(1);
+    let qs = load32(arr32(&bx.qs, 32 * n));
+    let low = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32)), m3);
+    let high = _mm256_and_si256(
+        _mm256_srl_epi16(hbits, _mm_cvtsi32_si128((4 * n + j) as i32)),
+        m1,
+    );
+    _mm256_or_si256(low, _mm256_slli_epi16::<2>(high))
+}
+
+/// The 8 i32 lanes ggml's AVX2 Q3_K kernel holds for one super-block: lane `l` = the scaled
+/// products of the signed 3-bit values at bytes `4l..4l+4` of every 32-element group. Each
+/// 16-bit pair is `maddubs(value, a) - maddubs(4, a)`, the same pair sum as ggml's
+/// `maddubs(low, a) - maddubs(4·!high, a)`. Their sum is the exact dot.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q3k_lanes(bx: &BlockQ3K, by: &BlockQ8K) -> __m256i {
+    let s16 = _mm256_cvtepi8_epi16(q3k_scales_i8(&bx.scales));
+    let hbits = load32(&bx.hmask);
+    let four = _mm256_set1_epi8(4);
+    let mut sumi = _mm256_setzero_si256();
+    for g in 0..8 {
+        let q = q3k_group(bx, hbits, g);
+        let y = load32i(arr32(&by.qs, 32 * g));
+        let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(four, y));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair_i16(s16, g)));
+    }
+    sumi
+}
+
+/// `s16` holds 16 i16 scales: scale `2g` in the low 128-bit half, `2g + 1` in the high half.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn scale_pair_i16(s16: __m256i, g: usize) -> __m256i {
+    let split = _mm256_setr_epi8(
+        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, //
+        2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+    );
+    _mm256_shuffle_epi8(
+        _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(g as i32)),
+        split,
+    )
+}
+
+/// # Safety
+/// The CPU must support avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q3_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (x, y) = (as_blocks::<BlockQ3K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let d = _mm256_set1_ps(by.d() * f16s(bx.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q3k_lanes(bx, by)), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// # Safety
+/// The CPU must support avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q3_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // Float order of llama.cpp's tiled K-quant GEMM; see the scalar twin.
+    let (x, y) = (as_blocks::<BlockQ3K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let mut acc = 0.0f32;
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let r = hsum_i32(q3k_lanes(bx, by)) as f32 * f16s(bx.d);
+        acc = r.mul_add(by.d(), acc);
+    }
+    acc
+}
+
+/// The 16 mins (high nibbles) and 16 scales (low nibbles) of a Q2_K super-block as i16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q2k_scales_mins(bx: &BlockQ2K) -> (__m256i, __m256i) {
+    let sm = load16(&bx.scales);
+    let m4 = _mm_set1_epi8(0xF);
+    let scales = _mm256_cvtepu8_epi16(_mm_and_si128(sm, m4));
+    let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sm), m4));
+    (scales, mins)
+}
+
+/// # Safety
+/// The CPU must support avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q2_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    // ggml's AVX2 kernel: per super-block the mins lanes, then the scaled products, one FMA
+    // each; see the scalar twin.
+    let (x, y) = (as_blocks::<BlockQ2K>(w), as_blocks::<BlockQ8K>(a));
+    debug_assert!(n.is_multiple_of(QK_K) && x.len() >= n / QK_K && y.len() >= n / QK_K);
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y).take(n / QK_K) {
+        let dy = by.d();
+        let d = _mm256_set1_ps(dy * f16s(bx.d));
+        let dmin = _mm256_set1_ps(-dy * f16s(bx.dmin));
+        let (s16, m16) = q2k_scales_mins(bx);
+        let bs = load32(arr32(by.bsums.as_flattened(), 0));
+        let prod = _mm256_madd_epi16(m16, bs);
+        acc = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(prod), acc);
+        let mut sumi = _mm256_setzero_si256();
+        for g in 0..8 {
+            let (n, j) = (g / 4, g % 4);
+            let qs = load32(arr32(&bx.qs, 32 * n));
+            let q = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32)), m3);
+            let p = _mm256_maddubs_epi16(q, load32i(arr32(&by.qs, 32 * g)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair_i16(s16, g)));
+        }
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
 }

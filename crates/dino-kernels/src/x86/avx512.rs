@@ -55,6 +55,8 @@ pub(crate) fn avx512_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
     table!(KQ4K: dot_q4_k, quant_q8_k, k::dequantize_q4_k, Q8_K, tile: super::tiles_k::vnni_q4_k, batch: dot_q4_k_gemm, BatchRule::WholeGroupsOf4, btile: super::tiles_k::vnni_q4_k_gemm, packed: pk(&panel::Q4_K, super::panel::tile_q4_k));
     table!(KQ5K: dot_q5_k, quant_q8_k, k::dequantize_q5_k, Q8_K, tile: super::tiles_k::vnni_q5_k, packed: pk(&panel::Q5_K, super::panel::tile_q5_k));
     table!(KQ6K: dot_q6_k, quant_q8_k, k::dequantize_q6_k, Q8_K, tile: super::tiles_k::vnni_q6_k, batch: dot_q6_k_tiled, BatchRule::AllFrom(8), btile: super::tiles_k::vnni_q6_k_tiled, packed: pk(&panel::Q6_K, super::panel::tile_q6_k));
+    table!(KQ2K: dot_q2_k, quant_q8_k, k::dequantize_q2_k, Q8_K, tile: super::tiles_k::vnni_q2_k);
+    table!(KQ3K: dot_q3_k, quant_q8_k, k::dequantize_q3_k, Q8_K, tile: super::tiles_k::vnni_q3_k, batch: dot_q3_k_tiled, BatchRule::AllFrom(8), btile: super::tiles_k::vnni_q3_k_tiled);
     Some(match t {
         F32 => &KF32,
         F16 => &KF16,
@@ -64,6 +66,8 @@ pub(crate) fn avx512_kernels(t: GgmlType) -> Option<&'static TypeKernels> {
         Q5_0 => &KQ5_0,
         Q5_1 => &KQ5_1,
         Q8_0 => &KQ8_0,
+        Q2_K => &KQ2K,
+        Q3_K => &KQ3K,
         Q4_K => &KQ4K,
         Q5_K => &KQ5K,
         Q6_K => &KQ6K,

@@ -26,7 +26,10 @@
 
 use core::arch::x86_64::*;
 
-use super::avx2::{arr32, f16s, hsum_i32, hsum_ps, load16, load32, load32i};
+use super::avx2::{
+    arr32, f16s, hsum_i32, hsum_ps, load16, load32, load32i, q2k_scales_mins, q3k_group,
+    q3k_scales_i8, scale_pair_i16,
+};
 use crate::dispatch::Tile;
 use crate::quant::blocks::*;
 use dino_core::QK_K;
@@ -617,6 +620,162 @@ impl<const VNNI: bool, const TILED: bool> Step for Q6K<VNNI, TILED> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Q3_K
+
+/// Q3_K × Q8_K: `TILED = false` reproduces `vec_dot_q3_k_q8_k` (8 float lanes per output),
+/// `TILED = true` `vec_dot_q3_k_q8_k_tiled` (the whole integer sum, scaled by the weight and
+/// then the activation scale, per super-block). The pair sums are those of `q3k_lanes`:
+/// `maddubs(value, a) - maddubs(4, a)`, where the second term is shared by all rows.
+pub(super) struct Q3K<const VNNI: bool, const TILED: bool>;
+
+impl<const VNNI: bool, const TILED: bool> Step for Q3K<VNNI, TILED> {
+    #[inline(always)]
+    unsafe fn step<const R: usize, const T: usize>(t: &mut Tile, r0: usize, t0: usize) {
+        let nb = t.n / QK_K;
+        let (w, a) = rows::<BlockQ3K, R, T>(t, r0, t0);
+        let ng = const { n_groups(R, T) };
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let mut acc_t = [_mm256_setzero_ps(); MAX_GROUPS];
+        let four = _mm256_set1_epi8(4);
+        for b in 0..nb {
+            let mut s16 = [_mm256_setzero_si256(); R];
+            let mut hb = [_mm256_setzero_si256(); R];
+            let mut dw = [0f32; R];
+            for i in 0..R {
+                let bx = &w[i][b];
+                if R > 1 {
+                    prefetch_next_step::<_, R>(t, bx);
+                }
+                s16[i] = _mm256_cvtepi8_epi16(q3k_scales_i8(&bx.scales));
+                hb[i] = load32(&bx.hmask);
+                dw[i] = f16s(bx.d);
+            }
+            let mut isum = [[_mm256_setzero_si256(); T]; R];
+            unroll!(g in [0, 1, 2, 3, 4, 5, 6, 7] {
+                let q: [__m256i; R] = std::array::from_fn(|i| q3k_group(&w[i][b], hb[i], g));
+                let sv: [__m256i; R] = std::array::from_fn(|i| scale_pair_i16(s16[i], g));
+                for j in 0..T {
+                    let y = load32i(arr32(&a[j][b].qs, 32 * g));
+                    // The tiled sum needs no lane partition: it takes the 4s off at the end.
+                    let m = if TILED { _mm256_setzero_si256() } else { _mm256_maddubs_epi16(four, y) };
+                    for i in 0..R {
+                        let mut p = _mm256_maddubs_epi16(q[i], y);
+                        if !TILED {
+                            p = _mm256_sub_epi16(p, m);
+                        }
+                        isum[i][j] = madd_acc::<VNNI>(isum[i][j], p, sv[i]);
+                    }
+                }
+            });
+            let dy: [f32; T] = std::array::from_fn(|j| a[j][b].d());
+            if TILED {
+                // Σ scale·(value - 4)·a = Σ scale·value·a - 4·Σ scale·bsum (exact).
+                for j in 0..T {
+                    let bsv = load32(arr32(a[j][b].bsums.as_flattened(), 0));
+                    for i in 0..R {
+                        let corr = _mm256_slli_epi32::<2>(_mm256_madd_epi16(bsv, s16[i]));
+                        isum[i][j] = _mm256_sub_epi32(isum[i][j], corr);
+                    }
+                }
+                // As the dot: r = (float) Σ lanes · d_w, then acc = fma(r, d_a, acc).
+                for g in 0..ng {
+                    let s = _mm256_cvtepi32_ps(reduce_group::<R, T>(g, &isum));
+                    let r = _mm256_mul_ps(s, combo_ps::<R, T>(g, |i, _| dw[i]));
+                    acc_t[g] = _mm256_fmadd_ps(r, combo_ps::<R, T>(g, |_, j| dy[j]), acc_t[g]);
+                }
+            } else {
+                // As the dot: acc = fma(d_a · d_w, (float) lanes, acc) per lane.
+                for i in 0..R {
+                    for j in 0..T {
+                        let d = _mm256_set1_ps(dy[j] * dw[i]);
+                        acc[i][j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[i][j]), acc[i][j]);
+                    }
+                }
+            }
+        }
+        if TILED {
+            for g in 0..ng {
+                store_combos::<R, T>(t, r0, t0, g, acc_t[g]);
+            }
+        } else {
+            for i in 0..R {
+                for j in 0..T {
+                    t.out[(t0 + j) * t.n_rows + r0 + i] = hsum_ps(acc[i][j]);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q2_K
+
+/// Q2_K × Q8_K, reproducing `vec_dot_q2_k_q8_k`: per super-block and output, the mins lanes
+/// (`min·bsum` pairs) with one FMA by `-d_a·dmin_w`, then the scaled-product lanes with one
+/// FMA by `d_a·d_w`.
+pub(super) struct Q2K<const VNNI: bool>;
+
+impl<const VNNI: bool> Step for Q2K<VNNI> {
+    #[inline(always)]
+    unsafe fn step<const R: usize, const T: usize>(t: &mut Tile, r0: usize, t0: usize) {
+        let nb = t.n / QK_K;
+        let (w, a) = rows::<BlockQ2K, R, T>(t, r0, t0);
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let m3 = _mm256_set1_epi8(3);
+        for b in 0..nb {
+            let mut s16 = [_mm256_setzero_si256(); R];
+            let mut m16 = [_mm256_setzero_si256(); R];
+            let mut dw = [0f32; R];
+            let mut mw = [0f32; R];
+            for i in 0..R {
+                let bx = &w[i][b];
+                if R > 1 {
+                    prefetch_next_step::<_, R>(t, bx);
+                }
+                (s16[i], m16[i]) = q2k_scales_mins(bx);
+                dw[i] = f16s(bx.d);
+                mw[i] = f16s(bx.dmin);
+            }
+            let dy: [f32; T] = std::array::from_fn(|j| a[j][b].d());
+            for j in 0..T {
+                let bs = load32(arr32(a[j][b].bsums.as_flattened(), 0));
+                for i in 0..R {
+                    let prod = _mm256_cvtepi32_ps(_mm256_madd_epi16(m16[i], bs));
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(-dy[j] * mw[i]), prod, acc[i][j]);
+                }
+            }
+            let mut isum = [[_mm256_setzero_si256(); T]; R];
+            unroll!(g in [0, 1, 2, 3, 4, 5, 6, 7] {
+                let (n, k) = (g / 4, g % 4);
+                let q: [__m256i; R] = std::array::from_fn(|i| {
+                    let qs = load32(arr32(&w[i][b].qs, 32 * n));
+                    _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * k as i32)), m3)
+                });
+                let sv: [__m256i; R] = std::array::from_fn(|i| scale_pair_i16(s16[i], g));
+                for j in 0..T {
+                    let y = load32i(arr32(&a[j][b].qs, 32 * g));
+                    for i in 0..R {
+                        let p = _mm256_maddubs_epi16(q[i], y);
+                        isum[i][j] = madd_acc::<VNNI>(isum[i][j], p, sv[i]);
+                    }
+                }
+            });
+            for i in 0..R {
+                for j in 0..T {
+                    let d = _mm256_set1_ps(dy[j] * dw[i]);
+                    acc[i][j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[i][j]), acc[i][j]);
+                }
+            }
+        }
+        for i in 0..R {
+            for j in 0..T {
+                t.out[(t0 + j) * t.n_rows + r0 + i] = hsum_ps(acc[i][j]);
+            }
+        }
+    }
+}
+
 /// The 16 signed scale bytes as unsigned bytes (same bits).
 #[inline(always)]
 fn bytemuck_i8(s: &[i8; 16]) -> &[u8; 16] {
@@ -658,6 +817,9 @@ entries! { "avx2,fma,f16c", super::avx2::avx2_detected:
     tile_q5_k => q5_k_avx2 = Q5K<false>, 1 x 4, 1 x 2, 1 x 1;
     tile_q6_k => q6_k_avx2 = Q6K<false, false>, 2 x 4, 2 x 2, 1 x 1;
     tile_q6_k_tiled => q6_k_tiled_avx2 = Q6K<false, true>, 1 x 8, 2 x 4, 1 x 1;
+    tile_q3_k => q3_k_avx2 = Q3K<false, false>, 2 x 4, 2 x 2, 1 x 1;
+    tile_q3_k_tiled => q3_k_tiled_avx2 = Q3K<false, true>, 1 x 8, 2 x 4, 1 x 1;
+    tile_q2_k => q2_k_avx2 = Q2K<false>, 2 x 4, 2 x 2, 1 x 1;
 }
 
 entries! { "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", super::avx512::avx512_detected:
@@ -666,11 +828,37 @@ entries! { "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", super::avx512::avx512_de
     vnni_q5_k => q5_k_vnni = Q5K<true>, 2 x 4, 2 x 2, 1 x 1;
     vnni_q6_k => q6_k_vnni = Q6K<true, false>, 3 x 4, 3 x 2, 1 x 1;
     vnni_q6_k_tiled => q6_k_tiled_vnni = Q6K<true, true>, 2 x 8, 4 x 4, 1 x 1;
+    vnni_q3_k => q3_k_vnni = Q3K<true, false>, 3 x 4, 3 x 2, 1 x 1;
+    vnni_q3_k_tiled => q3_k_tiled_vnni = Q3K<true, true>, 2 x 8, 4 x 4, 1 x 1;
+    vnni_q2_k => q2_k_vnni = Q2K<true>, 3 x 4, 3 x 2, 1 x 1;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q3k_scale_unpacking_matches_the_scalar_one() {
+        if !super::super::avx2::avx2_detected() {
+            return;
+        }
+        let mut x = 0x0fed_cba9_8765_4321_u64;
+        for _ in 0..1000 {
+            let mut s = [0u8; 12];
+            for b in &mut s {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let mut got = [0i8; 16];
+            // SAFETY: AVX2 was detected above; the store writes exactly the 16 bytes of `got`.
+            unsafe {
+                _mm_storeu_si128(got.as_mut_ptr().cast(), q3k_scales_i8(&s));
+            }
+            assert_eq!(got, q3k_scales(&s));
+        }
+    }
 
     #[test]
     fn k4_unpacking_matches_the_scalar_one() {
