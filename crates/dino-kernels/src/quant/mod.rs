@@ -3,7 +3,8 @@
 //! [`crate::dispatch::kernels`], whose function pointers trust their caller.
 //!
 //! Supported types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K,
-//! Q6_K, Q8_K. Results are bit-identical to ggml's reference quantizers, `dequantize_row_*` and
+//! Q6_K, Q8_K. Results are bit-identical to ggml's reference quantizers (and, with an importance
+//! matrix, its weighted quantizers: [`quantize_row_weighted`]), `dequantize_row_*` and
 //! generic (`*_generic`) dot products on the scalar path; the SIMD dot products differ only by
 //! float summation order.
 
@@ -111,6 +112,64 @@ pub fn quantize_row(t: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         )));
     }
     f(src, dst);
+    Ok(())
+}
+
+/// Quantizes one row `src` of a weight tensor into `dst` as llama-quantize does with an importance
+/// matrix: ggml's `ggml_quantize_chunk(t, src, dst, 0, 1, src.len(), qw)`, byte for byte.
+///
+/// - `qw == None`: exactly [`quantize_row`].
+/// - `qw == Some(w)`: `w` holds the importance weights of the row's columns (the imatrix entry of
+///   the tensor, or of its expert, one value per element of `src`); `w.len() != src.len()` is an
+///   error. Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0 and Q5_1 use ggml's weighted
+///   quantizers (`quantize_row_*_impl`); every other supported type ignores the weights, as ggml
+///   does (Q8_0, the float types), and uses [`quantize_row`].
+///
+/// `src` must be exactly one row: the legacy types (Q4_0..Q5_1) weigh errors by the mean square of
+/// the whole row, so quantizing several rows in one call is not the same as one call per row. The
+/// same `w` serves every row of a tensor (of an expert, for a 3-D expert tensor). ggml does not
+/// check the weights; llama-quantize refuses an imatrix with non-finite values.
+///
+/// Errors, never panics, on an unsupported type, a length that is not a whole number of blocks, a
+/// `dst` that is not exactly `t.row_size(src.len())` bytes, or a wrong weight count.
+pub fn quantize_row_weighted(
+    t: GgmlType,
+    src: &[f32],
+    qw: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<()> {
+    use GgmlType::*;
+    let Some(w) = qw else {
+        return quantize_row(t, src, dst);
+    };
+    if w.len() != src.len() {
+        return Err(Error::invalid(format!(
+            "quantize_row_weighted({t}): {} importance weights for a row of {} elements",
+            w.len(),
+            src.len()
+        )));
+    }
+    let f: fn(&[f32], &[f32], &mut [u8]) = match t {
+        Q4_0 => legacy::quantize_q4_0_weighted,
+        Q4_1 => legacy::quantize_q4_1_weighted,
+        Q5_0 => legacy::quantize_q5_0_weighted,
+        Q5_1 => legacy::quantize_q5_1_weighted,
+        Q2_K => kquantize::quantize_q2_k_weighted,
+        Q3_K => kquantize::quantize_q3_k_weighted,
+        Q4_K => kquantize::quantize_q4_k_weighted,
+        Q5_K => kquantize::quantize_q5_k_weighted,
+        Q6_K => kquantize::quantize_q6_k_weighted,
+        _ => return quantize_row(t, src, dst),
+    };
+    let need = row_bytes("quantize_row_weighted", t, src.len())?;
+    if dst.len() != need {
+        return Err(Error::invalid(format!(
+            "quantize_row_weighted({t}): {} elements need exactly {need} bytes, got {}",
+            src.len(),
+            dst.len()
+        )));
+    }
+    f(src, w, dst);
     Ok(())
 }
 

@@ -1,12 +1,14 @@
 //! Scalar (de)quantization and dot products of the 32-element types: Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0, Q8_1. Transcriptions of ggml's `quantize_row_*_ref`, `dequantize_row_*` and
+//! Q8_0, Q8_1. Transcriptions of ggml's `quantize_row_*_ref`, the importance-weighted
+//! `quantize_row_*_impl` (Q4_0, Q4_1, Q5_0, Q5_1), `dequantize_row_*` and
 //! `ggml_vec_dot_*_generic`, including the order of float operations, so results are
-//! bit-identical to ggml's reference paths.
+//! bit-identical to ggml's.
 //!
 //! Rounding rule of the Q8 activation quantizers: `roundf` (half away from zero), as ggml's
 //! reference quantizers. The AVX2 twins use the same rule (ggml's own AVX2 q8_0 uses
 //! round-half-even; we do not), so scalar and SIMD activations are byte-identical.
 
+use super::kquantize::{make_qkx3_quants, make_qx_quants};
 use crate::quant::blocks::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -125,6 +127,101 @@ pub fn quantize_q5_1(src: &[f32], dst: &mut [u8]) {
             qh |= ((xi1 as u32 & 0x10) >> 4) << (j + QK / 2);
         }
         b.qh = qh.to_le_bytes();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Importance-weighted quantization (ggml's `quantize_row_q{4,5}_{0,1}_impl` with non-NULL
+// `quant_weights`). `src` is exactly one row of a tensor and `qw` its importance weights
+// (`qw.len() == src.len()`); block `ib` uses `qw[32*ib..32*ib + 32]`. Unlike the K-quants, the
+// `sigma2` of the error weights `qw · sqrt(sigma2 + x²)` is the mean square of the whole row,
+// so quantizing two rows in one call would differ from quantizing them one by one.
+
+/// The error weights of each block: `qw · sqrt(sigma2 + x²)` with `sigma2 = Σx² / n_per_row`,
+/// summed in element order over the row as ggml does.
+fn row_weights<'a>(src: &'a [f32], qw: &'a [f32]) -> impl Iterator<Item = (&'a [f32], [f32; QK])> {
+    debug_assert_eq!(qw.len(), src.len());
+    let mut sum_x2 = 0.0f32;
+    for &v in src {
+        sum_x2 += v * v;
+    }
+    let sigma2 = sum_x2 / src.len() as f32;
+    src.chunks_exact(QK)
+        .zip(qw.chunks_exact(QK))
+        .map(move |(xb, qwb)| {
+            let mut w = [0f32; QK];
+            for j in 0..QK {
+                w[j] = qwb[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+            }
+            (xb, w)
+        })
+}
+
+/// Packs 5-bit values (`0..32`) into a Q5 block's `qs` and `qh`.
+fn pack_q5(l: &[u8; QK], qs: &mut [u8; QK / 2]) -> [u8; 4] {
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        let (xi0, xi1) = (l[j], l[j + QK / 2]);
+        qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= ((xi0 as u32 & 0x10) >> 4) << j;
+        qh |= ((xi1 as u32 & 0x10) >> 4) << (j + QK / 2);
+    }
+    qh.to_le_bytes()
+}
+
+/// ggml's `quantize_row_q4_0_impl`: the scale of each block by the weighted `make_qx_quants`.
+pub fn quantize_q4_0_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let y = as_blocks_mut::<BlockQ4_0>(dst);
+    debug_assert_eq!(src.len(), y.len() * QK);
+    for ((xb, w), b) in row_weights(src, qw).zip(y) {
+        let mut l = [0i8; QK];
+        let d = make_qx_quants(8, xb, &mut l, 1, Some(&w));
+        b.d = f16_to_le(d);
+        for j in 0..QK / 2 {
+            b.qs[j] = l[j] as u8 | ((l[j + QK / 2] as u8) << 4);
+        }
+    }
+}
+
+/// ggml's `quantize_row_q4_1_impl`: (scale, min) of each block by the weighted
+/// `make_qkx3_quants`.
+pub fn quantize_q4_1_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let y = as_blocks_mut::<BlockQ4_1>(dst);
+    debug_assert_eq!(src.len(), y.len() * QK);
+    for ((xb, w), b) in row_weights(src, qw).zip(y) {
+        let mut l = [0u8; QK];
+        let (d, min) = make_qkx3_quants(15, xb, &w, &mut l);
+        b.d = f16_to_le(d);
+        b.m = f16_to_le(-min);
+        for j in 0..QK / 2 {
+            b.qs[j] = l[j] | (l[j + QK / 2] << 4);
+        }
+    }
+}
+
+/// ggml's `quantize_row_q5_0_impl`: the scale of each block by the weighted `make_qx_quants`.
+pub fn quantize_q5_0_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let y = as_blocks_mut::<BlockQ5_0>(dst);
+    debug_assert_eq!(src.len(), y.len() * QK);
+    for ((xb, w), b) in row_weights(src, qw).zip(y) {
+        let mut l = [0i8; QK];
+        let d = make_qx_quants(16, xb, &mut l, 1, Some(&w));
+        b.d = f16_to_le(d);
+        b.qh = pack_q5(&l.map(|v| v as u8), &mut b.qs);
+    }
+}
+
+/// ggml's `quantize_row_q5_1_impl`: (scale, min) of each block by the weighted
+/// `make_qkx3_quants`.
+pub fn quantize_q5_1_weighted(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let y = as_blocks_mut::<BlockQ5_1>(dst);
+    debug_assert_eq!(src.len(), y.len() * QK);
+    for ((xb, w), b) in row_weights(src, qw).zip(y) {
+        let mut l = [0u8; QK];
+        let (d, min) = make_qkx3_quants(31, xb, &w, &mut l);
+        b.d = f16_to_le(d);
+        b.m = f16_to_le(-min);
+        b.qh = pack_q5(&l, &mut b.qs);
     }
 }
 
