@@ -22,7 +22,7 @@ PEER="${DINO_PEER_DIR:-$HOME/.cache/dino-peer}"
 SRC="$PEER/src/llama_cpp_python-$VERSION"
 BUILD="$PEER/build"
 JOBS="${JOBS:-$(nproc)}"
-TARGETS=(llama-perplexity llama-completion llama-bench llama-tokenize llama-quantize llama-server)
+TARGETS=(llama-perplexity llama-completion llama-bench llama-tokenize llama-quantize llama-server llama-imatrix)
 
 log() { echo "[dino-peer] $*" >&2; }
 

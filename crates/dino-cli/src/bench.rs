@@ -4,10 +4,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use dino_engine::bench::{
     cpu_info, default_threads, isa_name, rfc3339_utc, run_test, BenchRecord, MarkdownTable,
-    ModelFacts, Phase, RunOptions, TestSpec, DEFAULT_N_BATCH, DEFAULT_N_UBATCH,
+    ModelFacts, OptionalColumns, Phase, RunOptions, TestSpec, DEFAULT_N_BATCH, DEFAULT_N_UBATCH,
 };
 use dino_engine::energy::EnergyMeter;
-use dino_engine::{Engine, EngineOptions};
+use dino_engine::{Engine, EngineOptions, KvType, KvTypes};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,6 +60,16 @@ pub struct BenchArgs {
     /// A prompt of PP tokens then TG generated tokens, timed together (`-pg 512,128`); repeatable.
     #[arg(long = "pg", visible_alias = "n-pg", value_name = "PP,TG")]
     pg: Vec<String>,
+    /// Depths: tokens already in the KV cache when each test starts (default: 0), filled once
+    /// untimed; the test is named `tg128 @ d2048`.
+    #[arg(short = 'd', long = "n-depth", value_name = "N")]
+    n_depth: Vec<String>,
+    /// KV cache types of the keys (`-ctk`): f16, q8_0, q4_0, comma-separated (default: f16).
+    #[arg(long = "cache-type-k", value_name = "TYPE")]
+    cache_type_k: Vec<String>,
+    /// KV cache types of the values (`-ctv`): f16, q8_0, q4_0, comma-separated (default: f16).
+    #[arg(long = "cache-type-v", value_name = "TYPE")]
+    cache_type_v: Vec<String>,
     /// Logical batch size: prompt tokens submitted at once (default: 2048).
     #[arg(short = 'b', long = "batch-size", value_name = "N")]
     n_batch: Vec<String>,
@@ -169,6 +179,18 @@ pub fn parse_pairs(flag: &str, values: &[String]) -> Result<Vec<(usize, usize)>>
         .collect()
 }
 
+/// KV cache type lists (`-ctk q8_0,f16`, repeatable).
+pub fn parse_kv_types(flag: &str, values: &[String]) -> Result<Vec<KvType>> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|t| {
+            t.parse::<KvType>()
+                .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        })
+        .collect()
+}
+
 /// The models of `-m`: split on commas unless the whole value names an existing file.
 fn model_names(values: &[String]) -> Vec<Option<String>> {
     if values.is_empty() {
@@ -194,6 +216,9 @@ struct Plan {
     n_ubatch: Vec<usize>,
     threads: Vec<usize>,
     repack: Vec<bool>,
+    type_k: Vec<KvType>,
+    type_v: Vec<KvType>,
+    n_depth: Vec<usize>,
     quant: Option<dino_core::GgmlType>,
     /// (n_prompt, n_gen) in llama-bench's order: pp tests, tg tests, pg tests.
     tests: Vec<(usize, usize)>,
@@ -209,6 +234,13 @@ impl Plan {
         let n_ubatch = or(parse_list("-ub", &a.n_ubatch, 1)?, DEFAULT_N_UBATCH);
         let threads = or(parse_list("-t", &a.threads, 1)?, default_threads());
         let repack = or(parse_list("--repack", &a.repack, 0)?, 1);
+        let n_depth = or(parse_list("-d", &a.n_depth, 0)?, 0);
+        let types = |flag: &str, v: &[String]| -> Result<Vec<KvType>> {
+            let t = parse_kv_types(flag, v)?;
+            Ok(if t.is_empty() { vec![KvType::F16] } else { t })
+        };
+        let type_k = types("-ctk", &a.cache_type_k)?;
+        let type_v = types("-ctv", &a.cache_type_v)?;
         if let Some(bad) = repack.iter().find(|&&r| r > 1) {
             bail!("--repack: {bad} is not 0 or 1");
         }
@@ -237,36 +269,42 @@ impl Plan {
             n_ubatch,
             threads,
             repack,
+            type_k,
+            type_v,
+            n_depth,
             quant: a.quant,
             tests,
         })
     }
 
     fn n_runs(&self) -> usize {
-        self.models.len()
-            * self.repack.len()
-            * self.n_batch.len()
-            * self.n_ubatch.len()
-            * self.threads.len()
-            * self.tests.len()
+        self.instances().len() * self.tests.len()
     }
 
-    /// Every combination, in llama-bench's loop order (model, repack, -b, -ub, -t); each runs
-    /// every test.
+    /// Every combination, in llama-bench's loop order (model, repack, -b, -ub, -ctk, -ctv, -t,
+    /// -d); each runs every test.
     fn instances(&self) -> Vec<Instance> {
         let mut v = Vec::new();
         for model in 0..self.models.len() {
             for &repack in &self.repack {
                 for &n_batch in &self.n_batch {
                     for &n_ubatch in &self.n_ubatch {
-                        for &threads in &self.threads {
-                            v.push(Instance {
-                                model,
-                                repack,
-                                n_batch,
-                                n_ubatch,
-                                threads,
-                            });
+                        for &k in &self.type_k {
+                            for &vt in &self.type_v {
+                                for &threads in &self.threads {
+                                    for &n_depth in &self.n_depth {
+                                        v.push(Instance {
+                                            model,
+                                            repack,
+                                            n_batch,
+                                            n_ubatch,
+                                            kv_types: KvTypes { k, v: vt },
+                                            threads,
+                                            n_depth,
+                                        });
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -284,7 +322,9 @@ struct Instance {
     repack: bool,
     n_batch: usize,
     n_ubatch: usize,
+    kv_types: KvTypes,
     threads: usize,
+    n_depth: usize,
 }
 
 /// What an engine is loaded with.
@@ -360,11 +400,13 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     let show = |v: &[usize], d: usize| v.len() > 1 || v[0] != d;
     let mut printer = Printer {
         format: a.output,
-        table: MarkdownTable::new(
-            show(&plan.n_batch, DEFAULT_N_BATCH),
-            show(&plan.n_ubatch, DEFAULT_N_UBATCH),
-            plan.repack != [true],
-        ),
+        table: MarkdownTable::new(OptionalColumns {
+            n_batch: show(&plan.n_batch, DEFAULT_N_BATCH),
+            n_ubatch: show(&plan.n_ubatch, DEFAULT_N_UBATCH),
+            type_k: plan.type_k != [KvType::F16],
+            type_v: plan.type_v != [KvType::F16],
+            repack: plan.repack != [true],
+        }),
         n_printed: 0,
     };
     let mut out = std::io::stdout().lock();
@@ -425,12 +467,15 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                 n_gen,
                 n_batch: inst.n_batch,
                 n_ubatch: inst.n_ubatch,
+                n_depth: inst.n_depth,
+                kv_types: inst.kv_types,
             };
             let what = format!(
-                "bench {i_run}/{n_runs}: {} {}, {}",
+                "bench {i_run}/{n_runs}: {} {}, {}, KV cache {}",
                 facts.model_type,
                 spec.name(),
-                n_threads(load.threads)
+                n_threads(load.threads),
+                spec.kv_types
             );
             eprintln!("{what}");
             let test_time = rfc3339_utc(SystemTime::now());
@@ -451,6 +496,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                 energy_j: m.energy_j,
                 isa: isa_name().to_string(),
                 repack: load.repack,
+                kv_cache_bytes: m.kv_cache_bytes,
             };
             printer
                 .record(&mut out, &record)
@@ -512,6 +558,16 @@ mod tests {
             llama_bench_args(v(&["dino", "run", "-pg"])),
             v(&["dino", "run", "-pg"])
         );
+    }
+
+    #[test]
+    fn kv_type_lists() {
+        assert_eq!(
+            parse_kv_types("-ctk", &s(&["q8_0,f16", "Q4_0"])).unwrap(),
+            [KvType::Q8_0, KvType::F16, KvType::Q4_0]
+        );
+        let e = format!("{:#}", parse_kv_types("-ctv", &s(&["q8"])).unwrap_err());
+        assert!(e.contains("-ctv") && e.contains("q8_0"), "{e}");
     }
 
     #[test]

@@ -81,10 +81,33 @@ enum Cmd {
             Q6_K, attn_v and ffn_down of the first and last eighth of the layers and every third one \
             between raised in the _M mixes, norms and biases kept, rows that are not whole blocks \
             falling back to a 32-element type or F16. --pure uses the type for every weight matrix.\n\n\
+            --imatrix FILE (from dino calibrate or llama-imatrix): block scales minimise the \
+            importance-weighted rounding error, byte for byte as llama-quantize --imatrix.\n\n\
+            --target-bpw BPW or --target-size SIZE: layer-wise mixed precision. Each weight matrix \
+            alone is quantized at each candidate type inside the --type mix, the KL divergence of \
+            the next-token distributions from the source's over --calib-tokens tokens of \
+            --calib-file is its cost, and the types that lose least within the budget are chosen \
+            (--sensitivity FILE keeps the measurements for other budgets).\n\n\
             Tensors are converted one at a time on all threads and streamed to OUT.part, renamed when \
             complete: memory stays near the largest output tensor."
     )]
     Quantize(QuantizeArgs),
+    /// Collect an importance matrix (per-channel activation statistics) over a calibration
+    /// text, for `dino quantize --imatrix`; llama.cpp's imatrix GGUF format.
+    #[command(
+        long_about = "Run the model over a calibration text in chunks of --ctx-size tokens (as \
+            llama-imatrix does) and record, for every weight matrix of every layer, the sum of the \
+            squares of its inputs per input channel and the number of tokens: an importance matrix. \
+            `dino quantize --imatrix FILE` then weights each channel's rounding error by it when \
+            choosing block scales, so the channels that carry large activations are kept more \
+            exactly.\n\n\
+            The file is llama.cpp's GGUF imatrix format: llama-quantize --imatrix reads Dino's \
+            files and dino quantize --imatrix reads llama-imatrix's (and its older .dat files). \
+            The text's perplexity is printed as the chunks go, as llama-imatrix does.\n\n\
+            Use a text like the model's real inputs; a few hundred thousand tokens are plenty and \
+            100 chunks of 512 are typical (--chunks)."
+    )]
+    Calibrate(CalibrateArgs),
     /// Chat with a model in the terminal through its chat template (one message per line).
     Chat(chat::ChatArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions,
@@ -174,6 +197,32 @@ struct ModelArgs {
     /// Context size in tokens (default: the model's trained context, capped by free memory).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
+    /// KV cache type of the keys: f16, q8_0 or q4_0 (llama.cpp's -ctk). q8_0 takes 34/64 of
+    /// f16's memory, q4_0 18/64; the quantized types need a head size that is a multiple of 32.
+    #[arg(
+        long = "cache-type-k",
+        visible_alias = "ctk",
+        value_name = "TYPE",
+        default_value = "f16"
+    )]
+    cache_type_k: dino_engine::KvType,
+    /// KV cache type of the values: f16, q8_0 or q4_0 (llama.cpp's -ctv).
+    #[arg(
+        long = "cache-type-v",
+        visible_alias = "ctv",
+        value_name = "TYPE",
+        default_value = "f16"
+    )]
+    cache_type_v: dino_engine::KvType,
+}
+
+impl ModelArgs {
+    fn kv_types(&self) -> dino_engine::KvTypes {
+        dino_engine::KvTypes {
+            k: self.cache_type_k,
+            v: self.cache_type_v,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -235,12 +284,60 @@ struct QuantizeArgs {
     /// Every weight matrix at the type itself: no mix rules, no Q6_K output head.
     #[arg(long)]
     pure: bool,
+    /// Importance matrix (from `dino calibrate` or llama-imatrix, GGUF or .dat): block scales
+    /// minimise the importance-weighted rounding error, as llama-quantize --imatrix does.
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+    /// Layer-wise mixed precision: choose each weight matrix's type (Q3_K..Q6_K, Q8_0; Q4_0..Q5_1
+    /// for rows that are not whole 256-blocks) to lose the least under this many bits per weight
+    /// overall, from each matrix's measured sensitivity (needs --calib-file).
+    #[arg(long, value_name = "BPW", conflicts_with = "target_size")]
+    target_bpw: Option<f64>,
+    /// As --target-bpw, with a budget for the output file's size in bytes (suffixes K, M, G:
+    /// powers of 1024), e.g. the size of a Q4_K_M file to beat it at its own size.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    target_size: Option<u64>,
+    /// Calibration text for --target-bpw/--target-size: each matrix alone is quantized at each
+    /// candidate type and the KL divergence of the model's next-token distributions from a Q8_0
+    /// base over this text's first --calib-tokens tokens is its cost.
+    #[arg(long, value_name = "FILE")]
+    calib_file: Option<PathBuf>,
+    /// Tokens of --calib-file to measure on.
+    #[arg(long, default_value_t = 256)]
+    calib_tokens: usize,
+    /// Keep the measured sensitivities in FILE (read back when they match the model and
+    /// --calib-tokens, so other budgets need no new measurement).
+    #[arg(long, value_name = "FILE")]
+    sensitivity: Option<PathBuf>,
     /// Threads (default: all cores).
     #[arg(short = 't', long = "threads", default_value_t = 0)]
     threads: usize,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("'{s}': size suffixes are K, M and G")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 1100M, 1.05G, 1117320768)"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(format!("'{s}': the size must be positive"));
+    }
+    Ok((v * mult as f64) as u64)
 }
 
 fn parse_ftype(s: &str) -> std::result::Result<dino_engine::quantize::Ftype, String> {
@@ -252,6 +349,24 @@ fn parse_ftype(s: &str) -> std::result::Result<dino_engine::quantize::Ftype, Str
             .collect();
         format!("unknown file type '{s}' (one of: {})", names.join(", "))
     })
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Calibration text file.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Output importance matrix (GGUF).
+    #[arg(short = 'o', long = "output", default_value = "imatrix.gguf")]
+    output: PathBuf,
+    /// Use only the first N chunks of --ctx-size tokens (default: the whole text).
+    #[arg(long = "chunks")]
+    chunks: Option<usize>,
+    /// Tokens per forward batch.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch: usize,
 }
 
 #[derive(Args)]
@@ -308,6 +423,7 @@ fn main() {
         Cmd::Bench(a) => bench::cmd_bench(a),
         Cmd::Convert(a) => cmd_convert(a),
         Cmd::Quantize(a) => cmd_quantize(a),
+        Cmd::Calibrate(a) => cmd_calibrate(a),
         Cmd::Chat(a) => chat::cmd_chat(a),
         Cmd::Serve(a) => serve::cmd_serve(a),
     };
@@ -317,10 +433,13 @@ fn main() {
     }
 }
 
-/// Accept llama.cpp's two-letter single-dash flags (`-tb 2`) as their long forms.
+/// Accept llama.cpp's two- and three-letter single-dash flags (`-tb 2`, `-ctk q8_0`) as their
+/// long forms.
 fn llama_style_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     args.map(|a| match a.to_str() {
         Some("-tb") => "--threads-batch".into(),
+        Some("-ctk") => "--cache-type-k".into(),
+        Some("-ctv") => "--cache-type-v".into(),
         _ => a,
     })
     .collect()
@@ -345,6 +464,7 @@ fn load_engine(m: &ModelArgs) -> Result<Engine> {
             no_repack: m.no_repack,
             quant: m.quant,
             progress: true,
+            kv_types: m.kv_types(),
         },
     )
     .with_context(|| format!("loading {}", path.display()))?;
@@ -434,14 +554,15 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         peak.map(fmt_bytes).unwrap_or_else(|| "unavailable".into())
     );
     eprintln!(
-        "context          {:>9} tokens  KV cache {}   threads {}   seed {seed}",
+        "context          {:>9} tokens  KV cache {} ({})   threads {}   seed {seed}",
         ctx.n_ctx,
         fmt_bytes(kv.bytes()),
+        kv.types(),
         engine.pool.n_threads()
     );
     if a.json_stats {
         eprintln!(
-            "{{\"load_ms\":{:.3},\"prompt_tokens\":{},\"prompt_tps\":{:.3},\"ttft_ms\":{:.3},\"gen_tokens\":{},\"gen_tps\":{:.3},\"peak_rss_bytes\":{},\"seed\":{seed},\"tokens\":{:?}}}",
+            "{{\"load_ms\":{:.3},\"prompt_tokens\":{},\"prompt_tps\":{:.3},\"ttft_ms\":{:.3},\"gen_tokens\":{},\"gen_tps\":{:.3},\"peak_rss_bytes\":{},\"kv_cache_bytes\":{},\"type_k\":\"{}\",\"type_v\":\"{}\",\"seed\":{seed},\"tokens\":{:?}}}",
             engine.load_time.as_secs_f64() * 1e3,
             stats.prompt_tokens,
             stats.prompt_tps(),
@@ -449,6 +570,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             stats.generated_tokens,
             stats.gen_tps(),
             peak.unwrap_or(0),
+            kv.bytes(),
+            kv.types().k,
+            kv.types().v,
             stats.tokens
         );
     }
@@ -490,7 +614,8 @@ fn cmd_convert(a: ConvertArgs) -> Result<()> {
 }
 
 fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
-    use dino_engine::quantize::{quantize, QuantizeOptions};
+    use dino_engine::mixed::Budget;
+    use dino_engine::quantize::{quantize, MixOptions, QuantizeOptions};
     let t0 = std::time::Instant::now();
     let r = quantize(
         &a.src,
@@ -498,11 +623,68 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         &QuantizeOptions {
             ftype: a.ty,
             pure: a.pure,
+            imatrix: a
+                .imatrix
+                .as_ref()
+                .map(|p| {
+                    dino_engine::imatrix::Imatrix::load(p)
+                        .with_context(|| format!("reading the importance matrix {}", p.display()))
+                })
+                .transpose()?,
+            imatrix_path: a.imatrix.clone(),
+            mix: match (a.target_bpw, a.target_size) {
+                (None, None) => None,
+                (bpw, size) => {
+                    let budget = match (bpw, size) {
+                        (Some(b), _) if b > 0.5 && b < 33.0 => Budget::Bpw(b),
+                        (Some(b), _) => bail!("--target-bpw {b}: use a value between 0.5 and 33"),
+                        (None, Some(n)) => Budget::Bytes(n),
+                        (None, None) => unreachable!(),
+                    };
+                    let Some(f) = &a.calib_file else {
+                        bail!(
+                            "--target-bpw/--target-size measure each matrix's sensitivity on a \
+                             calibration text: pass --calib-file FILE"
+                        )
+                    };
+                    let text = std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?;
+                    Some(MixOptions {
+                        budget,
+                        calib_text: text,
+                        calib_tokens: a.calib_tokens,
+                        sensitivity_file: a.sensitivity.clone(),
+                    })
+                }
+            },
             threads: a.threads,
             progress: !a.quiet,
         },
     )
     .with_context(|| format!("quantizing {}", a.src.display()))?;
+    if let Some(m) = &r.mix {
+        eprintln!(
+            "mixed precision: {} of tensor data ({} in the chosen matrices); on the calibration \
+             tokens the {} mix has KL divergence {:.5} from the source, predicted change {:+.5}",
+            fmt_bytes(m.bytes),
+            fmt_bytes(m.bytes - m.fixed_bytes),
+            a.ty.name(),
+            m.point_kld,
+            m.predicted_kld
+        );
+    }
+    if a.imatrix.is_some() {
+        eprintln!(
+            "imatrix: weights for {} tensors; {} quantized without (no entry: {})",
+            r.with_imatrix,
+            r.without_imatrix.len(),
+            if r.without_imatrix.is_empty() {
+                "-".to_string()
+            } else {
+                r.without_imatrix.join(", ")
+            }
+        );
+    }
     let types: Vec<String> = r.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
     eprintln!(
         "wrote {} ({}): {} tensors ({}), {} -> {} of tensor data ({:.2} bits per weight \
@@ -600,6 +782,51 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let engine = load_engine(&a.model)?;
+    let n_ctx = a.model.ctx_size.unwrap_or(512);
+    let opts = PerplexityOptions {
+        n_ctx,
+        max_chunks: a.chunks,
+        n_batch: a.batch.min(n_ctx),
+    };
+    eprintln!("calibrate: n_ctx = {n_ctx}, collecting activation statistics");
+    let mut err = std::io::stderr();
+    let (im, r) = dino_engine::imatrix::calibrate(
+        &engine,
+        text,
+        &a.file.display().to_string(),
+        &opts,
+        |i, n, running| {
+            let _ = write!(err, "[{}/{n}]{:.4},", i + 1, running);
+            if i + 1 == n {
+                let _ = writeln!(err);
+            }
+            let _ = err.flush();
+        },
+    )?;
+    im.save(&a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    let p = &r.perplexity;
+    eprintln!(
+        "wrote {}: {} matrices, {} chunks of {n_ctx} tokens; PPL = {:.4} +/- {:.5}; {:.1} s, \
+         peak RSS {}",
+        a.output.display(),
+        r.n_entries,
+        p.n_chunks,
+        p.ppl,
+        p.ppl_err,
+        p.elapsed.as_secs_f64(),
+        peak_rss_bytes()
+            .map(fmt_bytes)
+            .unwrap_or_else(|| "unavailable".into())
+    );
+    Ok(())
+}
+
 fn cmd_ppl(a: PplArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
@@ -655,7 +882,12 @@ fn cmd_ppl(a: PplArgs) -> Result<()> {
         );
         return Ok(());
     }
-    eprintln!("perplexity: n_ctx = {n_ctx}, scoring the second half of each chunk");
+    eprintln!(
+        "perplexity: n_ctx = {n_ctx}, KV cache {} ({}), scoring the second half of each chunk",
+        dino_engine::KvCache::bytes_for(engine.model.kv_shape(), engine.kv_types, n_ctx, 1)
+            .map(fmt_bytes)?,
+        engine.kv_types
+    );
     let mut err = std::io::stderr();
     let r = perplexity(&engine, text, &opts, |i, n, running| {
         let _ = write!(err, "[{}]{:.4},", i + 1, running);

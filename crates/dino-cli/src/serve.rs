@@ -188,6 +188,7 @@ impl Backend for EngineBackend {
             kv_blocks_used: s.kv_blocks_used,
             kv_blocks_cached: s.kv_blocks_cached,
             kv_blocks_total: s.kv_blocks_total,
+            kv_block_bytes: self.engine.kv_block_bytes(),
             prefix_tokens_reused: s.prefix_tokens_reused,
             preemptions: s.preemptions,
         }
@@ -286,7 +287,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
                 .map_or(m.clone(), |s| s.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "SmolLM2-135M-Instruct.Q4_1".into());
-    let block_bytes = dino_engine::KvCache::block_bytes(engine.model.kv_shape());
+    let block_bytes = engine.kv_block_bytes();
     let kv_blocks = a.kv_memory.map(|m| (m / block_bytes) as usize);
     if let Some(b) = kv_blocks.filter(|&b| b < 2) {
         anyhow::bail!(
@@ -330,9 +331,10 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> Result<()> {
         let addr = listener.local_addr()?;
         eprintln!(
             "serving {model_id} on http://{addr}/v1 ({} sequences of up to {n_ctx} tokens, \
-             KV cache {:.0} MiB in {} blocks of {}; {})",
+             KV cache {:.0} MiB ({}) in {} blocks of {}; {})",
             a.parallel,
             (n_blocks as u64 * block_bytes) as f64 / (1 << 20) as f64,
+            engine.kv_types,
             n_blocks,
             batch::KV_BLOCK,
             if config.api_key.is_some() {

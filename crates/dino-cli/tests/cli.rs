@@ -216,7 +216,7 @@ fn small_model() -> PathBuf {
 }
 
 fn check_bench_object(o: &serde_json::Value) {
-    use dino_engine::bench::{llama_bench_field_type, LLAMA_BENCH_FIELDS};
+    use dino_engine::bench::{llama_bench_field_type, DINO_FIELDS, LLAMA_BENCH_FIELDS};
     for f in LLAMA_BENCH_FIELDS {
         match llama_bench_field_type(f) {
             "int" => assert!(o[f].is_i64(), "{f} = {} is not an integer", o[f]),
@@ -227,9 +227,16 @@ fn check_bench_object(o: &serde_json::Value) {
     }
     let n_fields = LLAMA_BENCH_FIELDS.len();
     let obj = o.as_object().unwrap();
-    // llama-bench's 42 fields, its two sample arrays, and Dino's three dino_* fields.
+    // llama-bench's 42 fields, its two sample arrays, and Dino's four dino_* fields.
     assert_eq!(n_fields, 42);
-    assert_eq!(obj.len(), n_fields + 2 + 3, "{:?}", obj.keys());
+    assert_eq!(
+        obj.len(),
+        n_fields + 2 + DINO_FIELDS.len(),
+        "{:?}",
+        obj.keys()
+    );
+    assert_eq!(DINO_FIELDS.len(), 4);
+    assert!(o["dino_kv_cache_bytes"].as_u64().is_some_and(|b| b > 0));
     let ns = o["samples_ns"].as_array().unwrap();
     let ts = o["samples_ts"].as_array().unwrap();
     assert_eq!(ns.len(), 2);
@@ -303,6 +310,95 @@ fn bench_json_has_llama_bench_fields() {
     }
     assert!(out.contains("|             pp4 |"), "{out}");
     assert!(out.contains("\nbuild: "), "{out}");
+
+    // KV cache types (llama-bench's -ctk/-ctv lists) and a depth (-d): the fields, the test
+    // name, the cache's bytes (Q8_0: 34/64 of f16, Q4_0 18/64) and the markdown columns.
+    let m = tiny_model();
+    let m = m.to_str().unwrap();
+    let o = dino(&[
+        "bench", "-m", m, "-p", "0", "-n", "2", "-d", "8", "-r", "2", "-t", "1", "-ctk",
+        "f16,q8_0", "-ctv", "q4_0", "-o", "jsonl",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for (r, k) in rows.iter().zip(["f16", "q8_0"]) {
+        check_bench_object(r);
+        assert_eq!((&r["type_k"], &r["type_v"]), (&k.into(), &"q4_0".into()));
+        assert_eq!(r["n_depth"], 8);
+    }
+    let bytes = |r: &serde_json::Value| r["dino_kv_cache_bytes"].as_u64().unwrap() as f64;
+    // Keys f16 + values q4_0 against keys q8_0 + values q4_0: (64 + 18) / (34 + 18).
+    assert_eq!(bytes(&rows[0]) / bytes(&rows[1]), 82.0 / 52.0);
+    let o = dino(&[
+        "bench", "-m", m, "-p", "0", "-n", "2", "-d", "8", "-r", "1", "-t", "1", "-ctk", "q8_0",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let header = out.lines().next().unwrap();
+    assert!(
+        header.contains("| type_k |") && !header.contains("type_v"),
+        "{out}"
+    );
+    assert!(header.contains("KV cache"), "{out}");
+    assert!(out.contains("|   q8_0 |        tg2 @ d8 |"), "{out}");
+}
+
+/// `dino run` with quantized KV caches (`-ctk`/`-ctv`, llama.cpp's spellings too): it
+/// generates, and reports the cache's size and types.
+#[test]
+fn run_with_a_quantized_kv_cache_reports_its_memory() {
+    let m = tiny_model();
+    let m = m.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "run",
+            "-m",
+            m,
+            "-p",
+            "hello world",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "-c",
+            "256",
+            "--json-stats",
+        ];
+        a.extend(extra);
+        let o = dino(&a);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        assert!(out.starts_with("hello world"), "{out}");
+        let json = err
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .expect("json stats");
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        (err, v)
+    };
+    let (err, f16) = run(&[]);
+    assert!(err.contains("(k f16, v f16)"), "{err}");
+    let (err, q) = run(&["-ctk", "q8_0", "--cache-type-v", "q4_0"]);
+    assert!(
+        err.contains("KV cache") && err.contains("(k q8_0, v q4_0)"),
+        "{err}"
+    );
+    assert_eq!(
+        (&q["type_k"], &q["type_v"]),
+        (&"q8_0".into(), &"q4_0".into())
+    );
+    let b = |v: &serde_json::Value| v["kv_cache_bytes"].as_u64().unwrap() as f64;
+    assert_eq!(b(&q) / b(&f16), (34.0 + 18.0) / 128.0);
+    let o = dino(&["run", "-m", m, "-p", "x", "-ctv", "q5_1"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown KV cache type 'q5_1'"), "{err}");
 }
 
 #[test]
@@ -319,6 +415,8 @@ fn bench_bad_arguments_are_clear_errors() {
         (vec!["-r", "0"], "-r: at least 1"),
         (vec!["--repack", "2"], "--repack: 2 is not 0 or 1"),
         (vec!["-p", "0", "-n", "0"], "nothing to run"),
+        (vec!["-ctk", "q8_0,q5"], "-ctk: unknown KV cache type 'q5'"),
+        (vec!["-d", "x"], "-d: \"x\" is not a whole number"),
     ] {
         let mut a = vec!["bench", "-m", m];
         a.extend(&args);
@@ -348,6 +446,9 @@ fn bench_bad_arguments_are_clear_errors() {
         "--no-warmup",
         "--seed",
         "--repack",
+        "--n-depth",
+        "--cache-type-k",
+        "--cache-type-v",
         "RAPL",
     ] {
         assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
@@ -507,5 +608,123 @@ fn quantize_writes_a_runnable_model() {
     assert!(
         err.contains("unknown file type") && err.contains("q3_k_m"),
         "{err}"
+    );
+}
+
+/// `dino calibrate` writes an imatrix that `dino quantize --imatrix` uses; `--target-bpw`
+/// measures, allocates and keeps its sensitivities; bad combinations are clear errors.
+#[test]
+fn calibrate_then_quantize_with_imatrix_and_budget() {
+    let m = tiny_model();
+    let m = m.to_str().unwrap();
+    let hamlet = dino_testutil::hamlet();
+    let hamlet = hamlet.to_str().unwrap();
+    let im = tmp("tiny.imatrix");
+    let o = dino(&[
+        "calibrate",
+        "-m",
+        m,
+        "-f",
+        hamlet,
+        "-c",
+        "64",
+        "--chunks",
+        "2",
+        "-o",
+        im.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("matrices, 2 chunks of 64 tokens") && err.contains("PPL"),
+        "{err}"
+    );
+    let out = tmp("tiny-imat-q4_0.gguf");
+    let o = dino(&[
+        "quantize",
+        m,
+        out.to_str().unwrap(),
+        "--type",
+        "q4_0",
+        "--imatrix",
+        im.to_str().unwrap(),
+        "-q",
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("imatrix: weights for"), "{err}");
+    let sens = tmp("tiny.sens");
+    let out = tmp("tiny-mixed.gguf");
+    let o = dino(&[
+        "quantize",
+        m,
+        out.to_str().unwrap(),
+        "--type",
+        "q4_k_m",
+        "--target-bpw",
+        "6",
+        "--calib-file",
+        hamlet,
+        "--calib-tokens",
+        "64",
+        "--sensitivity",
+        sens.to_str().unwrap(),
+        "-q",
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("mixed precision:") && sens.exists(), "{err}");
+    let o = dino(&[
+        "run",
+        "-m",
+        out.to_str().unwrap(),
+        "-p",
+        "hello",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // No calibration text; an impossible budget; an imatrix that is not one.
+    let o = dino(&[
+        "quantize",
+        m,
+        "z.gguf",
+        "--type",
+        "q4_k_m",
+        "--target-bpw",
+        "4",
+    ]);
+    assert!(text(&o).1.contains("--calib-file"), "{}", text(&o).1);
+    let o = dino(&[
+        "quantize",
+        m,
+        "z.gguf",
+        "--type",
+        "q4_k_m",
+        "--target-bpw",
+        "1",
+        "--calib-file",
+        hamlet,
+        "--calib-tokens",
+        "64",
+        "--sensitivity",
+        sens.to_str().unwrap(),
+    ]);
+    assert!(text(&o).1.contains("budget"), "{}", text(&o).1);
+    let o = dino(&[
+        "quantize",
+        m,
+        "z.gguf",
+        "--type",
+        "q4_0",
+        "--imatrix",
+        hamlet,
+    ]);
+    assert!(
+        !o.status.success() && text(&o).1.contains("imatrix"),
+        "{}",
+        text(&o).1
     );
 }

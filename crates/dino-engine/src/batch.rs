@@ -204,12 +204,7 @@ impl BatchEngine {
                 "batched engine: the KV cache needs at least 2 blocks of {KV_BLOCK} positions"
             )));
         }
-        let mut kv = KvCache::paged(
-            engine.model.kv_shape(),
-            cfg.n_ctx,
-            cfg.n_seq,
-            cfg.n_blocks(),
-        )?;
+        let mut kv = engine.new_kv_paged(cfg.n_ctx, cfg.n_seq, cfg.n_blocks())?;
         // The pool's memory is committed now: the engine's footprint is what it is at start
         // and does not creep up as blocks are first used under load.
         kv.commit();

@@ -5,10 +5,13 @@
 //! A test is `pp<N>` (N random prompt tokens in batches into an empty KV cache), `tg<N>` (N
 //! tokens decoded one at a time from an empty cache, each fed back as the next input) or
 //! `pp<N>+tg<M>` (both, timed together). Each test gets one untimed warm-up run (the whole
-//! prompt, then one generated token) and `reps` timed repetitions, each from an empty cache.
+//! prompt, then one generated token) and `reps` timed repetitions, each from an empty cache,
+//! or with a depth (`pp512 @ d2048`) from a cache already holding that many tokens (filled
+//! once, untimed, as llama-bench restores its saved state). The KV cache's element types
+//! (`type_k`, `type_v`) are part of the test.
 
 use crate::energy::EnergyMeter;
-use crate::{metrics, Batch, Engine, Logits};
+use crate::{metrics, Batch, Engine, KvTypes, Logits};
 use dino_core::{Error, GgmlType, Result};
 use dino_formats::gguf::GgufFile;
 use std::collections::HashMap;
@@ -105,7 +108,12 @@ pub fn llama_bench_field_type(field: &str) -> &'static str {
 }
 
 /// Dino's fields, after `samples_ns` and `samples_ts`.
-pub const DINO_FIELDS: [&str; 3] = ["dino_peak_rss_bytes", "dino_energy_j_per_token", "dino_isa"];
+pub const DINO_FIELDS: [&str; 4] = [
+    "dino_peak_rss_bytes",
+    "dino_energy_j_per_token",
+    "dino_isa",
+    "dino_kv_cache_bytes",
+];
 
 /// `llama-bench`'s defaults for `-b` and `-ub`.
 pub const DEFAULT_N_BATCH: usize = 2048;
@@ -122,15 +130,23 @@ pub struct TestSpec {
     /// `min(n_batch, n_ubatch)` at a time, as llama.cpp splits a batch into micro-batches.
     pub n_batch: usize,
     pub n_ubatch: usize,
+    /// Tokens already in the cache when the test starts (`-d`; 0: an empty cache).
+    pub n_depth: usize,
+    /// The KV cache's element types (`-ctk`, `-ctv`).
+    pub kv_types: KvTypes,
 }
 
 impl TestSpec {
-    /// `llama-bench`'s test name: `pp512`, `tg128`, `pp512+tg128`.
+    /// `llama-bench`'s test name: `pp512`, `tg128`, `pp512+tg128`, with ` @ d<N>` at a depth.
     pub fn name(&self) -> String {
-        match (self.n_prompt, self.n_gen) {
+        let name = match (self.n_prompt, self.n_gen) {
             (p, 0) => format!("pp{p}"),
             (0, g) => format!("tg{g}"),
             (p, g) => format!("pp{p}+tg{g}"),
+        };
+        match self.n_depth {
+            0 => name,
+            d => format!("{name} @ d{d}"),
         }
     }
     /// Tokens per repetition (the numerator of tokens/s).
@@ -162,6 +178,8 @@ pub struct Measurement {
     pub peak_rss_bytes: Option<u64>,
     /// Package energy over the timed repetitions; `None` without a meter or on a bad reading.
     pub energy_j: Option<f64>,
+    /// Bytes of the test's KV cache (depth, prompt and generated positions).
+    pub kv_cache_bytes: u64,
 }
 
 /// Progress of [`run_test`], for the caller to report.
@@ -212,9 +230,9 @@ pub fn run_test(
         return Err(Error::invalid("repetitions must be at least 1"));
     }
     let peak_known = reset_peak_rss();
-    // Positions restart at 0 every repetition: the cache is empty again, as after
-    // llama_memory_clear.
-    let mut kv = engine.new_kv(spec.n_tokens())?;
+    // Positions restart at the depth every repetition: the cache holds the depth's tokens
+    // only again, as after llama_memory_clear and a restored state.
+    let mut kv = engine.new_kv_typed(spec.n_depth + spec.n_tokens(), 1, spec.kv_types)?;
     let n_vocab = engine.tokenizer.n_vocab();
     let bos = if engine.tokenizer.add_bos() {
         engine.tokenizer.bos()
@@ -241,18 +259,19 @@ pub fn run_test(
             };
         }
     };
-    let mut run = |prompt: &[u32], gen: &[u32], logits: &mut Logits| -> Result<()> {
+    // `prompt` at positions from `at` (a prompt, or the depth), then `gen` one at a time.
+    let mut run = |at: usize, prompt: &[u32], gen: &[u32], logits: &mut Logits| -> Result<()> {
         let step = spec.step();
         for (i, chunk) in prompt.chunks(step).enumerate() {
             batch.clear();
             for (j, &t) in chunk.iter().enumerate() {
-                batch.push(t, (i * step + j) as u32, 0, j + 1 == chunk.len());
+                batch.push(t, (at + i * step + j) as u32, 0, j + 1 == chunk.len());
             }
             engine.forward(&batch, &mut kv, logits)?;
         }
         for (j, &t) in gen.iter().enumerate() {
             batch.clear();
-            batch.push(t, (prompt.len() + j) as u32, 0, true);
+            batch.push(t, (at + prompt.len() + j) as u32, 0, true);
             engine.forward(&batch, &mut kv, logits)?;
         }
         Ok(())
@@ -261,7 +280,13 @@ pub fn run_test(
         progress(Phase::Warmup);
         draw(&mut prompt, &mut gen, &mut rng);
         let warm_gen = &gen[..gen.len().min(1)];
-        run(&prompt, warm_gen, &mut logits)?;
+        run(0, &prompt, warm_gen, &mut logits)?;
+    }
+    if spec.n_depth > 0 {
+        // The depth's tokens, once: each repetition writes its own positions after them.
+        let mut depth = vec![0u32; spec.n_depth];
+        draw(&mut depth, &mut [], &mut rng);
+        run(0, &depth, &[], &mut logits)?;
     }
     let mut m = Measurement::default();
     let mut joules = energy.map(|_| 0.0);
@@ -270,7 +295,7 @@ pub fn run_test(
         draw(&mut prompt, &mut gen, &mut rng);
         let e0 = energy.and_then(|e| e.read());
         let t0 = Instant::now();
-        run(&prompt, &gen, &mut logits)?;
+        run(spec.n_depth, &prompt, &gen, &mut logits)?;
         let ns = t0.elapsed().as_nanos().max(1);
         let e1 = energy.and_then(|e| e.read());
         m.samples_ns.push(u64::try_from(ns).unwrap_or(u64::MAX));
@@ -280,6 +305,7 @@ pub fn run_test(
         };
     }
     m.energy_j = joules;
+    m.kv_cache_bytes = kv.bytes();
     m.peak_rss_bytes = if peak_known {
         metrics::peak_rss_bytes()
     } else {
@@ -487,6 +513,8 @@ pub struct BenchRecord {
     pub isa: String,
     /// Weights repacked at load into the kernels' interleaved layouts (`--repack`).
     pub repack: bool,
+    /// Bytes of the test's KV cache.
+    pub kv_cache_bytes: u64,
 }
 
 /// A field value with `llama-bench`'s JSON type.
@@ -616,8 +644,8 @@ impl BenchRecord {
     }
 
     /// The `llama-bench` fields in its order. Settings Dino does not have carry the value that
-    /// describes what Dino does (no GPU: 0 layers offloaded, devices `none`; f16 KV cache;
-    /// always the flash-attention path; weights mmap'd), or `llama-bench`'s default.
+    /// describes what Dino does (no GPU: 0 layers offloaded, devices `none`; always the
+    /// flash-attention path; weights mmap'd), or `llama-bench`'s default.
     pub fn llama_fields(&self) -> Vec<(&'static str, FieldValue)> {
         use FieldValue::*;
         let s = |v: &str| Str(v.to_string());
@@ -639,8 +667,8 @@ impl BenchRecord {
             s("0x0"),
             Bool(false),
             Int(50),
-            s("f16"),
-            s("f16"),
+            s(self.spec.kv_types.k.name()),
+            s(self.spec.kv_types.v.name()),
             Int(0),
             Int(0),
             s("none"),
@@ -660,7 +688,7 @@ impl BenchRecord {
             Int(0),
             i(self.spec.n_prompt as u64),
             i(self.spec.n_gen as u64),
-            Int(0),
+            i(self.spec.n_depth as u64),
             Str(self.test_time.clone()),
             i(avg_u64(samples_ns)),
             i(stddev_u64(samples_ns)),
@@ -676,6 +704,7 @@ impl BenchRecord {
             FieldValue::OptInt(self.peak_rss_bytes),
             FieldValue::OptFloat(self.energy_j_per_token()),
             FieldValue::Str(self.isa.clone()),
+            FieldValue::Int(self.kv_cache_bytes as i128),
         ];
         DINO_FIELDS.into_iter().zip(values).collect()
     }
@@ -741,27 +770,39 @@ impl BenchRecord {
     }
 }
 
-/// `llama-bench`'s markdown table with Dino's columns (peak RSS, J/token) at the end.
+/// `llama-bench`'s markdown table with Dino's columns (peak RSS, KV cache, J/token) at the
+/// end.
 #[derive(Clone, Debug)]
 pub struct MarkdownTable {
     columns: Vec<&'static str>,
 }
 
+/// The optional columns of a [`MarkdownTable`]: as in `llama-bench`, each appears when its
+/// setting varies or differs from the default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OptionalColumns {
+    pub n_batch: bool,
+    pub n_ubatch: bool,
+    pub type_k: bool,
+    pub type_v: bool,
+    pub repack: bool,
+}
+
 impl MarkdownTable {
-    /// The `n_batch`, `n_ubatch` and `repack` columns appear, as in `llama-bench`, when they
-    /// vary or differ from the defaults.
-    pub fn new(show_n_batch: bool, show_n_ubatch: bool, show_repack: bool) -> MarkdownTable {
+    pub fn new(show: OptionalColumns) -> MarkdownTable {
         let mut columns = vec!["model", "size", "params", "backend", "n_threads"];
-        if show_n_batch {
-            columns.push("n_batch");
+        for (on, col) in [
+            (show.n_batch, "n_batch"),
+            (show.n_ubatch, "n_ubatch"),
+            (show.type_k, "type_k"),
+            (show.type_v, "type_v"),
+            (show.repack, "repack"),
+        ] {
+            if on {
+                columns.push(col);
+            }
         }
-        if show_n_ubatch {
-            columns.push("n_ubatch");
-        }
-        if show_repack {
-            columns.push("repack");
-        }
-        columns.extend(["test", "t/s", "peak RSS", "J/token"]);
+        columns.extend(["test", "t/s", "peak RSS", "KV cache", "J/token"]);
         MarkdownTable { columns }
     }
 
@@ -770,7 +811,8 @@ impl MarkdownTable {
         match col {
             "model" => -30,
             "t/s" => 20,
-            "size" | "params" | "peak RSS" => 10,
+            "size" | "params" | "peak RSS" | "KV cache" => 10,
+            "type_k" | "type_v" => 6,
             "n_threads" | "n_batch" => 7,
             "n_ubatch" => 8,
             "repack" => 3,
@@ -848,6 +890,9 @@ impl MarkdownTable {
                 "n_batch" => r.spec.n_batch.to_string(),
                 "n_ubatch" => r.spec.n_ubatch.to_string(),
                 "repack" => u8::from(r.repack).to_string(),
+                "type_k" => r.spec.kv_types.k.name().to_string(),
+                "type_v" => r.spec.kv_types.v.name().to_string(),
+                "KV cache" => format!("{:.1} MiB", r.kv_cache_bytes as f64 / 1048576.0),
                 "test" => r.spec.name(),
                 "t/s" => format!("{:.2} ± {:.2}", r.avg_ts(), r.stddev_ts()),
                 "peak RSS" => r
@@ -889,6 +934,8 @@ mod tests {
                 n_gen: 0,
                 n_batch: 2048,
                 n_ubatch: 512,
+                n_depth: 0,
+                kv_types: KvTypes::default(),
             },
             test_time: "2025-01-01T00:00:00Z".into(),
             samples_ns: vec![100_000_000, 200_000_000],
@@ -896,6 +943,7 @@ mod tests {
             energy_j: None,
             isa: "avx2".into(),
             repack: true,
+            kv_cache_bytes: 3 << 20,
         }
     }
 
@@ -925,11 +973,19 @@ mod tests {
             n_gen: g,
             n_batch: 512,
             n_ubatch: 512,
+            n_depth: 0,
+            kv_types: KvTypes::default(),
         };
         assert_eq!(t(512, 0).name(), "pp512");
         assert_eq!(t(0, 128).name(), "tg128");
         assert_eq!(t(16, 4).name(), "pp16+tg4");
         assert_eq!(t(16, 4).n_tokens(), 20);
+        let d = TestSpec {
+            n_depth: 2048,
+            ..t(0, 128)
+        };
+        assert_eq!(d.name(), "tg128 @ d2048");
+        assert_eq!(d.n_tokens(), 128);
     }
 
     fn check_object(o: &serde_json::Map<String, serde_json::Value>) {
@@ -965,6 +1021,7 @@ mod tests {
         assert!(o["dino_peak_rss_bytes"].is_u64() || o["dino_peak_rss_bytes"].is_null());
         assert!(o["dino_energy_j_per_token"].is_number() || o["dino_energy_j_per_token"].is_null());
         assert!(o["dino_isa"].is_string());
+        assert!(o["dino_kv_cache_bytes"].is_u64());
     }
 
     #[test]
@@ -999,17 +1056,17 @@ mod tests {
         let r = record();
         let header = BenchRecord::csv_header();
         let row = r.to_csv();
-        assert_eq!(header.split(',').count(), 45);
+        assert_eq!(header.split(',').count(), 46);
         assert!(
             row.starts_with("\"abc1234\",\"12\",\"Test \"\"CPU\"\"\","),
             "{row}"
         );
-        assert!(row.ends_with(",\"avx2\""), "{row}");
+        assert!(row.ends_with(",\"avx2\",\"3145728\""), "{row}");
     }
 
     #[test]
     fn markdown_matches_llama_bench_layout() {
-        let t = MarkdownTable::new(false, false, false);
+        let t = MarkdownTable::new(OptionalColumns::default());
         let h = t.header();
         assert!(h.starts_with(
             "| model                          |       size |     params | backend    | threads |            test |                  t/s |"
@@ -1019,15 +1076,29 @@ mod tests {
         assert!(row.starts_with(
             "| llama 135M Q4_1                |  92.10 MiB |   134.52 M | CPU        |       2 |            pp32 |      240.00 ± 113.14 |"
         ), "{row}");
-        assert!(row.ends_with("  123.0 MiB |       n/a |"), "{row}");
-        assert_eq!(MarkdownTable::footer("abc", 3), "\nbuild: abc (3)");
-        let t = MarkdownTable::new(true, true, true);
         assert!(
-            t.header().contains("| n_batch | n_ubatch | rpk |"),
+            row.ends_with("  123.0 MiB |    3.0 MiB |       n/a |"),
+            "{row}"
+        );
+        assert_eq!(MarkdownTable::footer("abc", 3), "\nbuild: abc (3)");
+        let t = MarkdownTable::new(OptionalColumns {
+            n_batch: true,
+            n_ubatch: true,
+            type_k: true,
+            type_v: true,
+            repack: true,
+        });
+        assert!(
+            t.header()
+                .contains("| n_batch | n_ubatch | type_k | type_v | rpk |"),
             "{}",
             t.header()
         );
-        assert!(t.row(&record()).contains("|    2048 |      512 |   1 |"));
+        let mut r = record();
+        r.spec.kv_types.k = crate::KvType::Q8_0;
+        assert!(t
+            .row(&r)
+            .contains("|    2048 |      512 |   q8_0 |    f16 |   1 |"));
     }
 
     #[test]

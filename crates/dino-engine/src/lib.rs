@@ -53,12 +53,14 @@ pub mod batch;
 pub mod bench;
 pub mod blocks;
 pub mod energy;
+pub mod imatrix;
 pub mod metrics;
+pub mod mixed;
 mod perplexity;
 pub mod quantize;
 pub mod sampler;
 
-pub use dino_models::{Batch, KvCache, Logits, Model, ModelInfo};
+pub use dino_models::{Batch, KvCache, KvType, KvTypes, Logits, Model, ModelInfo};
 pub use dino_tokenizer::Tokenizer;
 pub use perplexity::{kl_divergence, perplexity, KlResult, PerplexityOptions, PerplexityResult};
 pub use sampler::{Sampler, SamplerConfig};
@@ -94,6 +96,9 @@ pub struct EngineOptions {
     /// Show the progress of load-time conversion on stderr (a bar on a terminal, else a line
     /// every 10 %).
     pub progress: bool,
+    /// Element types of the KV caches [`Engine::new_kv`] makes (`--cache-type-k/-v`; default
+    /// f16). Quantized types need a head size that is a multiple of 32: checked at load.
+    pub kv_types: KvTypes,
 }
 
 /// A loaded model with its tokenizer and thread pool.
@@ -107,6 +112,8 @@ pub struct Engine {
     /// Threads for prompt batches.
     pub threads_batch: usize,
     pub load_time: Duration,
+    /// Element types of the KV caches this engine makes (`EngineOptions::kv_types`).
+    pub kv_types: KvTypes,
 }
 
 /// How a context size was chosen.
@@ -158,6 +165,11 @@ impl Engine {
                 ),
             ));
         }
+        // A KV cache type the model's head size cannot take is refused now, not at the first
+        // request.
+        opts.kv_types
+            .row_bytes(model.kv_shape())
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.as_ref().display())))?;
         if opts.warm_up {
             model.warm_up();
         }
@@ -169,11 +181,12 @@ impl Engine {
             threads,
             threads_batch,
             load_time: Duration::ZERO,
+            kv_types: opts.kv_types,
         };
         if opts.warm_up {
             // One token through every layer: starts the pool's threads, sizes the scratch
             // buffers and brings the kernels' code into cache.
-            let mut kv = KvCache::new(engine.model.kv_shape(), 4, 1)?;
+            let mut kv = engine.new_kv(4)?;
             let tok = engine.tokenizer.bos().unwrap_or(0);
             let batch = Batch::from_tokens(&[tok], 0, 0, true);
             engine.forward(&batch, &mut kv, &mut Logits::default())?;
@@ -195,6 +208,23 @@ impl Engine {
         self.model.forward(batch, kv, out)
     }
 
+    /// [`Engine::forward`], handing every layer's matrix inputs to `obs` (see
+    /// [`dino_models::Observer`]).
+    pub fn forward_observed(
+        &self,
+        batch: &Batch,
+        kv: &mut KvCache,
+        out: &mut Logits,
+        obs: &mut dino_models::Observer,
+    ) -> Result<()> {
+        self.pool.set_active(if batch.len() > 1 {
+            self.threads_batch
+        } else {
+            self.threads
+        });
+        self.model.forward_observed(batch, kv, out, obs)
+    }
+
     /// The context size to use: `requested`, or the trained context capped so the KV cache
     /// takes at most half of the memory available now.
     pub fn choose_ctx(&self, requested: Option<usize>) -> Result<CtxChoice> {
@@ -208,7 +238,9 @@ impl Engine {
                 capped_from: None,
             });
         }
-        let per_pos = KvCache::bytes_for(self.model.kv_shape(), 1, 1).max(1);
+        let per_pos = (KvCache::block_bytes(self.model.kv_shape(), self.kv_types)?
+            / dino_models::KV_BLOCK as u64)
+            .max(1);
         let budget = metrics::available_memory_bytes().map(|a| a / 2);
         match budget {
             Some(b) if per_pos * trained as u64 > b => {
@@ -225,14 +257,34 @@ impl Engine {
         }
     }
 
-    /// A fresh single-sequence KV cache of `n_ctx` positions.
+    /// A fresh single-sequence KV cache of `n_ctx` positions, of the engine's KV types.
     pub fn new_kv(&self, n_ctx: usize) -> Result<KvCache> {
-        KvCache::new(self.model.kv_shape(), n_ctx, 1)
+        self.new_kv_seqs(n_ctx, 1)
     }
 
-    /// A fresh KV cache of `n_seq` sequences of `n_ctx` positions each.
+    /// A fresh KV cache of `n_seq` sequences of `n_ctx` positions each, of the engine's KV
+    /// types.
     pub fn new_kv_seqs(&self, n_ctx: usize, n_seq: usize) -> Result<KvCache> {
-        KvCache::new(self.model.kv_shape(), n_ctx, n_seq)
+        KvCache::with_types(self.model.kv_shape(), self.kv_types, n_ctx, n_seq)
+    }
+
+    /// A fresh KV cache of `n_seq` sequences of `n_ctx` positions each, of element types
+    /// `types` (whatever the engine's own).
+    pub fn new_kv_typed(&self, n_ctx: usize, n_seq: usize, types: KvTypes) -> Result<KvCache> {
+        KvCache::with_types(self.model.kv_shape(), types, n_ctx, n_seq)
+    }
+
+    /// A paged KV cache of the engine's KV types: `n_blocks` blocks for `n_seq` sequences of up
+    /// to `n_ctx` positions, every table empty (the batched engine's pool).
+    pub fn new_kv_paged(&self, n_ctx: usize, n_seq: usize, n_blocks: usize) -> Result<KvCache> {
+        KvCache::paged_with_types(self.model.kv_shape(), self.kv_types, n_ctx, n_seq, n_blocks)
+    }
+
+    /// Bytes of one KV block (every layer's keys and values for [`dino_models::KV_BLOCK`]
+    /// positions) of the engine's KV types.
+    pub fn kv_block_bytes(&self) -> u64 {
+        KvCache::block_bytes(self.model.kv_shape(), self.kv_types)
+            .expect("the KV types were checked at load")
     }
 }
 

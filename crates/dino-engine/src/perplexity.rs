@@ -84,7 +84,18 @@ pub fn perplexity(
     engine: &Engine,
     text: &str,
     opts: &PerplexityOptions,
+    on_chunk: impl FnMut(usize, usize, f64),
+) -> Result<PerplexityResult> {
+    perplexity_observed(engine, text, opts, on_chunk, None)
+}
+
+/// [`perplexity`], handing every layer's matrix inputs to `obs` when given (calibration).
+pub(crate) fn perplexity_observed(
+    engine: &Engine,
+    text: &str,
+    opts: &PerplexityOptions,
     mut on_chunk: impl FnMut(usize, usize, f64),
+    mut obs: Option<&mut dino_models::Observer>,
 ) -> Result<PerplexityResult> {
     let t0 = Instant::now();
     let n_ctx = opts.n_ctx;
@@ -105,7 +116,10 @@ pub fn perplexity(
             for (i, w) in batch.want_logits.iter_mut().enumerate() {
                 *w = p0 + i >= first;
             }
-            engine.forward(&batch, &mut kv, &mut logits)?;
+            match obs.as_mut() {
+                Some(o) => engine.forward_observed(&batch, &mut kv, &mut logits, *o)?,
+                None => engine.forward(&batch, &mut kv, &mut logits)?,
+            }
             // Positions first .. n_ctx-2 predict tokens first+1 .. n_ctx-1 (the original
             // tokens, not the BOS that replaced the first one).
             for (row, &bidx) in logits.batch_index.iter().enumerate() {
@@ -168,7 +182,7 @@ pub struct KlResult {
 }
 
 /// `ln softmax(row)` in f64 (the sum of exponentials in double, as llama.cpp's KL divergence).
-fn log_probs(row: &[f32], out: &mut Vec<f64>) {
+pub(crate) fn log_probs(row: &[f32], out: &mut Vec<f64>) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
     let log_sum = sum.ln();

@@ -18,6 +18,8 @@
 //! per-layer counters see them in. Memory: the output tensor being written and one slab of rows
 //! as floats; the source is read through its mmap.
 
+use crate::imatrix::Imatrix;
+use crate::mixed::{Allocation, Budget};
 use crate::stderr_progress;
 use dino_core::{Error, GgmlType, Result};
 pub use dino_formats::gguf::Ftype;
@@ -34,10 +36,29 @@ pub struct QuantizeOptions {
     /// Every quantizable tensor at the file type's own type (`llama-quantize --pure`): no mix
     /// rules, no Q6_K head.
     pub pure: bool,
+    /// Importance weights (`--imatrix`): block scales minimise the importance-weighted error.
+    pub imatrix: Option<Imatrix>,
+    /// Where the importance matrix came from (recorded in the output's metadata).
+    pub imatrix_path: Option<std::path::PathBuf>,
+    /// Layer-wise mixed precision under a byte budget instead of the file type's mix rules
+    /// (`--target-bpw` / `--target-size`; see [`crate::mixed`]).
+    pub mix: Option<MixOptions>,
     /// Threads (0 = all cores).
     pub threads: usize,
     /// A progress bar on stderr.
     pub progress: bool,
+}
+
+/// `--target-bpw` / `--target-size`: where the sensitivities come from and the budget.
+#[derive(Clone, Debug)]
+pub struct MixOptions {
+    pub budget: Budget,
+    /// Calibration text (its first `calib_tokens` tokens are used).
+    pub calib_text: String,
+    pub calib_tokens: usize,
+    /// Read the sensitivities from this file if it holds this model's, else measure and write
+    /// them there.
+    pub sensitivity_file: Option<std::path::PathBuf>,
 }
 
 /// What [`quantize`] wrote.
@@ -54,6 +75,12 @@ pub struct QuantizeReport {
     /// Tensors that were already quantized and were quantized again to another block type
     /// (their rounding adds to the source's).
     pub requantized: usize,
+    /// With `--imatrix`: quantized tensors that used its weights, and those it has no entry for
+    /// (quantized without, as llama-quantize does: the token embedding, the output head).
+    pub with_imatrix: usize,
+    pub without_imatrix: Vec<String>,
+    /// With a budget: what the allocation predicted.
+    pub mix: Option<Allocation>,
 }
 
 /// The tensor roles the rules tell apart (llama.cpp's `tensor_category`).
@@ -103,7 +130,7 @@ fn role(name: &str) -> Role {
 
 /// Whether a tensor is quantized at all (`tensor_allows_quantization`, for the tensors of the
 /// families Dino runs).
-fn quantizable(name: &str, n_dims: usize) -> bool {
+pub(crate) fn quantizable(name: &str, n_dims: usize) -> bool {
     n_dims >= 2
         && name.ends_with("weight")
         && !name.contains("_norm.weight")
@@ -176,7 +203,7 @@ fn facts(file: &GgufFile) -> ModelFacts {
 }
 
 /// Block types (F32, F16 and BF16 are per element).
-fn is_quantized(t: GgmlType) -> bool {
+pub(crate) fn is_quantized(t: GgmlType) -> bool {
     t.block_size() > 1
 }
 
@@ -186,8 +213,9 @@ fn use_more_bits(i: usize, n: usize) -> bool {
 }
 
 /// The output type of every tensor of `file`, in the file's order, by `llama-quantize`'s rules
-/// (see the module docs); unquantizable tensors keep their type.
-pub fn plan(file: &GgufFile, ftype: Ftype, pure: bool) -> Vec<GgmlType> {
+/// (see the module docs); unquantizable tensors keep their type. `has_imatrix` changes one
+/// rule, as in llama.cpp: Q4_0/Q5_0 files then raise the first eighth of ffn_down to Q4_1/Q5_1.
+pub fn plan(file: &GgufFile, ftype: Ftype, pure: bool, has_imatrix: bool) -> Vec<GgmlType> {
     let m = facts(file);
     let tensors = file.tensors();
     let order = visit_order(file);
@@ -219,6 +247,7 @@ pub fn plan(file: &GgufFile, ftype: Ftype, pure: bool) -> Vec<GgmlType> {
                 &t.name,
                 (i_attn_v, n_attn_v),
                 i_ffn_down,
+                has_imatrix,
             );
             if matches!(r, Role::AttnV | Role::AttnQkv | Role::AttnKvB) {
                 i_attn_v += 1;
@@ -255,6 +284,7 @@ fn mix_rule(
     name: &str,
     (i_attn_v, n_attn_v): (usize, usize),
     i_ffn_down: usize,
+    has_imatrix: bool,
 ) -> GgmlType {
     use Ftype as F;
     use GgmlType as T;
@@ -318,6 +348,10 @@ fn mix_rule(
                 }
                 F::Q5_K_M if use_more_bits(i, n) => ty = T::Q6_K,
                 F::Q4_K_S if !m.falcon && i < n / 8 => ty = T::Q5_K,
+                // Against "craziness in the first few ffn_down layers" (llama.cpp), only with
+                // an imatrix so that files without one stay as they were.
+                F::Q4_0 if has_imatrix && i < n / 8 => ty = T::Q4_1,
+                F::Q5_0 if has_imatrix && i < n / 8 => ty = T::Q5_1,
                 _ => {}
             }
         }
@@ -362,10 +396,10 @@ const SLAB_ELEMENTS: usize = 1 << 22;
 /// Quantize `src` (a GGUF file or a Hugging Face checkpoint directory) into the GGUF file `dst`
 /// (written through `dst.part`).
 pub fn quantize(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<QuantizeReport> {
-    if opts.ftype == Ftype::Q2_K_S && !opts.pure {
+    if opts.ftype == Ftype::Q2_K_S && !opts.pure && opts.imatrix.is_none() {
         return Err(Error::invalid(
-            "Q2_K_S needs an importance matrix (llama-quantize refuses it without one, --imatrix \
-             is not implemented here yet): use Q2_K or Q3_K_S",
+            "Q2_K_S needs an importance matrix, as in llama-quantize: make one with `dino \
+             calibrate` and pass --imatrix, or use Q2_K or Q3_K_S",
         ));
     }
     let file = if src.is_dir() {
@@ -385,13 +419,56 @@ pub fn quantize(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<Quanti
             dst.display()
         )));
     }
-    let types = plan(&file, opts.ftype, opts.pure);
-    let order = visit_order(&file);
+    quantize_file(&file, dst, opts)
+}
+
+/// [`quantize`] of an opened (or assembled) file.
+pub(crate) fn quantize_file(
+    file: &GgufFile,
+    dst: &Path,
+    opts: &QuantizeOptions,
+) -> Result<QuantizeReport> {
+    let src = file.path();
+    let mut types = plan(file, opts.ftype, opts.pure, opts.imatrix.is_some());
+    let mut mix = None;
+    if let Some(m) = &opts.mix {
+        let a = mixed_types(file, dst, opts, m, &types)?;
+        for (t, ty) in file.tensors().iter().zip(types.iter_mut()) {
+            if let Some(&chosen) = a.types.get(&t.name) {
+                *ty = chosen;
+            }
+        }
+        mix = Some(a);
+    }
+    let order = visit_order(file);
     let mut w = GgufWriter::new();
     w.set_all(file.metadata())?;
     w.set("general.file_type", Value::U32(opts.ftype.id()))?;
     w.set("general.quantization_version", Value::U32(2))?;
-    let mut report = QuantizeReport::default();
+    if let (Some(im), Some(path)) = (&opts.imatrix, &opts.imatrix_path) {
+        // The keys llama-quantize records.
+        w.set(
+            "quantize.imatrix.file",
+            Value::String(path.display().to_string()),
+        )?;
+        if let Some(d) = im.datasets.first() {
+            w.set("quantize.imatrix.dataset", Value::String(d.clone()))?;
+        }
+        w.set(
+            "quantize.imatrix.entries_count",
+            Value::I32(im.entries.len() as i32),
+        )?;
+        if im.chunk_count > 0 {
+            w.set(
+                "quantize.imatrix.chunks_count",
+                Value::I32(im.chunk_count as i32),
+            )?;
+        }
+    }
+    let mut report = QuantizeReport {
+        mix,
+        ..QuantizeReport::default()
+    };
     for &i in &order {
         let t = &file.tensors()[i];
         w.add_tensor(t.name.clone(), &t.dims, types[i])?;
@@ -409,7 +486,7 @@ pub fn quantize(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<Quanti
              adds the second rounding to the first: a F16/F32/BF16 source gives a better file",
             src.display(),
             report.requantized,
-            source_types(&file),
+            source_types(file),
             opts.ftype.name()
         );
     }
@@ -428,7 +505,20 @@ pub fn quantize(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<Quanti
         } else {
             buf.clear();
             buf.resize(spec.size()? as usize, 0);
-            convert_tensor(&pool, t.ty, data, spec.ty, t.ne0() as usize, &mut buf)
+            let ne0 = t.ne0() as usize;
+            let qw = match &opts.imatrix {
+                Some(im) if is_quantized(spec.ty) && t.dims.len() >= 2 => {
+                    let w = im.weights(&t.name, ne0)?;
+                    if w.is_none() {
+                        report.without_imatrix.push(t.name.clone());
+                    } else {
+                        report.with_imatrix += 1;
+                    }
+                    w
+                }
+                _ => None,
+            };
+            convert_tensor(&pool, t.ty, data, spec.ty, ne0, qw.as_deref(), &mut buf)
                 .map_err(|e| Error::invalid(format!("tensor '{}': {e}", t.name)))?;
             out.write_all(&buf).map_err(io)?;
         }
@@ -442,6 +532,66 @@ pub fn quantize(src: &Path, dst: &Path, opts: &QuantizeOptions) -> Result<Quanti
         Ok(())
     })?;
     Ok(report)
+}
+
+/// The budgeted types: sensitivities measured (or read back) and allocated.
+fn mixed_types(
+    file: &GgufFile,
+    dst: &Path,
+    opts: &QuantizeOptions,
+    m: &MixOptions,
+    planned: &[GgmlType],
+) -> Result<Allocation> {
+    use crate::mixed::{allocate, budget_bytes, fixed_bytes, measure, Sensitivity};
+    let cached = match &m.sensitivity_file {
+        Some(p) if p.exists() => {
+            let s = Sensitivity::load(p)?;
+            if s.matches(file)
+                && s.n_tokens == m.calib_tokens
+                && s.point == crate::mixed::point_name(opts)
+            {
+                eprintln!("{}: using the sensitivities measured before", p.display());
+                Some(s)
+            } else {
+                eprintln!(
+                    "{}: sensitivities of another model or calibration; measuring again",
+                    p.display()
+                );
+                None
+            }
+        }
+        _ => None,
+    };
+    let sens = match cached {
+        Some(s) => s,
+        None => {
+            let scratch = dst
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let s = measure(
+                file,
+                opts,
+                &m.calib_text,
+                scratch,
+                &crate::mixed::SensitivityOptions {
+                    n_tokens: m.calib_tokens,
+                    threads: opts.threads,
+                    progress: opts.progress,
+                    only: None,
+                },
+            )?;
+            if let Some(p) = &m.sensitivity_file {
+                s.save(p)?;
+            }
+            s
+        }
+    };
+    allocate(
+        &sens,
+        fixed_bytes(file, planned),
+        budget_bytes(file, m.budget),
+    )
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -464,12 +614,13 @@ fn source_types(file: &GgufFile) -> String {
 
 /// Rows of `from` bytes → rows of `to` bytes, `ne0` elements per row, on the pool: each thread
 /// dequantizes a row to floats and quantizes it again, a slab of rows at a time.
-fn convert_tensor(
+pub(crate) fn convert_tensor(
     pool: &dino_kernels::pool::ThreadPool,
     from: GgmlType,
     src: &[u8],
     to: GgmlType,
     ne0: usize,
+    qw: Option<&[f32]>,
     dst: &mut [u8],
 ) -> Result<()> {
     let row_in = from
@@ -497,7 +648,7 @@ fn convert_tensor(
             let o = unsafe { pd.slice(r * row_out, row_out) };
             let res =
                 dino_kernels::quant::dequantize_row(from, &src[r * row_in..][..row_in], &mut f)
-                    .and_then(|()| dino_kernels::quant::quantize_row(to, &f, o));
+                    .and_then(|()| dino_kernels::quant::quantize_row_weighted(to, &f, qw, o));
             if let Err(e) = res {
                 *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 return;

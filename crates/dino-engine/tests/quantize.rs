@@ -12,6 +12,9 @@ fn opts(ftype: Ftype) -> QuantizeOptions {
     QuantizeOptions {
         ftype,
         pure: false,
+        imatrix: None,
+        imatrix_path: None,
+        mix: None,
         threads: 2,
         progress: false,
     }
@@ -88,7 +91,7 @@ fn quantized_tensors_equal_llama_quantize() {
 #[test]
 fn mix_rules_on_smollm2_shapes() {
     let src = GgufFile::open(dino_testutil::model("smollm2")).unwrap();
-    let types = plan(&src, Ftype::Q4_K_M, false);
+    let types = plan(&src, Ftype::Q4_K_M, false, false);
     let ty = |name: &str| {
         let i = src.tensors().iter().position(|t| t.name == name).unwrap();
         types[i].name()
@@ -100,7 +103,7 @@ fn mix_rules_on_smollm2_shapes() {
     assert_eq!(ty("blk.5.ffn_down.weight"), "q6_K");
     assert_eq!(ty("blk.29.ffn_down.weight"), "q6_K");
     assert_eq!(ty("blk.7.attn_q.weight"), "q5_0");
-    let pure = plan(&src, Ftype::Q4_K_M, true);
+    let pure = plan(&src, Ftype::Q4_K_M, true, false);
     let i = src
         .tensors()
         .iter()

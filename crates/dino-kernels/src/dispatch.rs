@@ -230,12 +230,17 @@ pub struct OpKernels {
     /// Decode attention of a GQA group of query heads with llama.cpp's f16 arithmetic
     /// (`ops::attend_head_decode`).
     pub attend_decode: crate::ops::AttendFn,
+    /// Decode attention of a GQA group over a cache with quantized keys or values, with
+    /// llama.cpp's arithmetic for them (`ops::attend_group_decode_q_scalar`).
+    pub attend_decode_q: crate::ops::AttendQFn,
     /// Prompt attention over a transposed f32 cache copy (`ops::attend_prompt_scalar`).
     pub attend_prompt: crate::ops::AttendPromptFn,
     /// `gate = silu(gate) * up` (`ops::swiglu`).
     pub swiglu: fn(&mut [f32], &[f32]),
     /// Rotary embedding of one token's heads (`ops::RopeParams::apply`).
     pub rope: fn(&crate::ops::RopeParams, &mut [f32], usize, &[f32]),
+    /// Walsh–Hadamard rotation of chunks of a power-of-two size (`ops::fwht`).
+    pub fwht: fn(&mut [f32], usize),
 }
 
 /// The op kernels of the level in use.
@@ -247,9 +252,11 @@ pub fn op_kernels() -> &'static OpKernels {
 pub fn op_kernels_for(isa: Isa) -> Option<&'static OpKernels> {
     static SCALAR: OpKernels = OpKernels {
         attend_decode: crate::ops::attend_group_decode_scalar,
+        attend_decode_q: crate::ops::attend_group_decode_q_scalar,
         attend_prompt: crate::ops::attend_prompt_scalar,
         swiglu: crate::ops::swiglu_scalar,
         rope: crate::ops::RopeParams::apply_scalar,
+        fwht: crate::ops::fwht_scalar,
     };
     match isa {
         Isa::Scalar => Some(&SCALAR),

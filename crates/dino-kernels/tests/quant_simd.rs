@@ -510,6 +510,143 @@ fn attend_decode_simd_equals_scalar() {
     }
 }
 
+/// Decode attention over caches with quantized keys or values (every pairing of f16, Q8_0 and
+/// Q4_0 but f16/f16) at every SIMD level equals the scalar twin bit for bit: values quantized
+/// from random rows at small and large (f16-overflowing scores) scales, and random-byte blocks
+/// with finite scales; head sizes with a SIMD form (64, 128, 96, 256) and without (32); short
+/// and long contexts (several 256-position chunks, partial groups of eight); a window start;
+/// GQA groups of 1, 3 and 10 heads (more than one register group).
+#[test]
+fn attend_decode_q_simd_equals_scalar() {
+    use dino_kernels::dispatch::op_kernels_for;
+    use dino_kernels::ops::{
+        attend_group_decode_q_scalar, rows_to_blocks, rows_to_blocks_q, AttnShape, KvBlocks,
+        KvRows, KvType, KvView, KV_BLOCK,
+    };
+    use half::f16;
+    use rand::seq::SliceRandom;
+    let mut rng = StdRng::seed_from_u64(48);
+    // One layer's store of `ty` for `rows` (`[n_pos, row]`), in the blocks of `table`, as
+    // 16-bit units (the cache's storage); `hostile`: random bytes with finite scales instead.
+    struct Store(Vec<u16>);
+    let make = |rng: &mut StdRng,
+                ty: KvType,
+                rows: &[f32],
+                n_pos: usize,
+                sh: &AttnShape,
+                table: &[u32],
+                n_blocks: usize,
+                hostile: bool|
+     -> Store {
+        let rb = ty.row_bytes(sh.head_dim).unwrap();
+        let bytes = n_blocks * KV_BLOCK * sh.n_head_kv * rb;
+        let mut st = vec![0u16; bytes / 2];
+        match ty {
+            KvType::F16 => {
+                let h: Vec<f16> = rows.iter().map(|&x| f16::from_f32(x)).collect();
+                let dst: &mut [f16] =
+                    half::slice::HalfBitsSliceExt::reinterpret_cast_mut(&mut st[..]);
+                rows_to_blocks(&h, n_pos, sh, table, dst);
+            }
+            _ => {
+                let mut b = vec![0u8; bytes];
+                if hostile {
+                    let bs = if ty == KvType::Q8_0 { 34 } else { 18 };
+                    for blk in b.chunks_exact_mut(bs) {
+                        for x in blk.iter_mut() {
+                            *x = rng.random();
+                        }
+                        let d = rng.random_range(2f32.powi(-14)..4.0)
+                            * if rng.random() { 1.0 } else { -1.0 };
+                        blk[..2].copy_from_slice(&f16_to_le(d));
+                    }
+                } else {
+                    rows_to_blocks_q(ty, rows, n_pos, sh, table, &mut b);
+                }
+                for (u, c) in st.iter_mut().zip(b.chunks_exact(2)) {
+                    *u = u16::from_le_bytes([c[0], c[1]]);
+                }
+            }
+        }
+        Store(st)
+    };
+    fn rows_of<'a>(ty: KvType, st: &'a [u8], f: &'a [f16], table: &'a [u32]) -> KvRows<'a> {
+        match ty {
+            KvType::F16 => KvRows::F16(KvBlocks { data: f, table }),
+            KvType::Q8_0 => KvRows::Q8_0(KvBlocks {
+                data: as_blocks(st),
+                table,
+            }),
+            KvType::Q4_0 => KvRows::Q4_0(KvBlocks {
+                data: as_blocks(st),
+                table,
+            }),
+        }
+    }
+    let pairs: Vec<(KvType, KvType)> = KvType::ALL
+        .iter()
+        .flat_map(|&k| KvType::ALL.iter().map(move |&v| (k, v)))
+        .filter(|&(k, v)| (k, v) != (KvType::F16, KvType::F16))
+        .collect();
+    let mut checked = 0;
+    for isa in simd_levels() {
+        let kern = op_kernels_for(isa).unwrap();
+        for &(hd, n_head_kv) in &[(64usize, 2usize), (128, 1), (96, 1), (256, 1), (32, 2)] {
+            for &n_pos in &[1usize, 7, 17, 259, 600] {
+                for (case, &scale) in [1.0f32, 30.0, 3000.0, 1.0].iter().enumerate() {
+                    let hostile = case == 3;
+                    let row = n_head_kv * hd;
+                    let kf = rand_f32(&mut rng, n_pos * row, scale);
+                    let vf = rand_f32(&mut rng, n_pos * row, scale);
+                    let sh = AttnShape {
+                        n_head: n_head_kv,
+                        n_head_kv,
+                        head_dim: hd,
+                        scale: 1.0 / (hd as f32).sqrt(),
+                    };
+                    let n_blocks = n_pos.div_ceil(KV_BLOCK);
+                    let mut ids: Vec<u32> = (0..2 * n_blocks as u32).collect();
+                    ids.shuffle(&mut rng);
+                    let table = &ids[..n_blocks];
+                    let n_q = [1usize, 3, 10][(n_pos + case) % 3];
+                    let q = rand_f32(&mut rng, n_q * hd, scale);
+                    for &(tk, tv) in &pairs {
+                        let ks = make(&mut rng, tk, &kf, n_pos, &sh, table, 2 * n_blocks, hostile);
+                        let vs = make(&mut rng, tv, &vf, n_pos, &sh, table, 2 * n_blocks, hostile);
+                        let kb: Vec<u8> = ks.0.iter().flat_map(|u| u.to_le_bytes()).collect();
+                        let vb: Vec<u8> = vs.0.iter().flat_map(|u| u.to_le_bytes()).collect();
+                        let kh: &[f16] = half::slice::HalfBitsSliceExt::reinterpret_cast(&ks.0[..]);
+                        let vh: &[f16] = half::slice::HalfBitsSliceExt::reinterpret_cast(&vs.0[..]);
+                        for kv_head in 0..n_head_kv {
+                            for first in [0, n_pos / 3] {
+                                let view = KvView {
+                                    k: rows_of(tk, &kb, kh, table),
+                                    v: rows_of(tv, &vb, vh, table),
+                                    kv_head,
+                                    first,
+                                    n_pos,
+                                };
+                                let mut want = vec![0f32; n_q * hd];
+                                let mut got = vec![f32::NAN; n_q * hd];
+                                attend_group_decode_q_scalar(&q, &view, &sh, &mut want);
+                                (kern.attend_decode_q)(&q, &view, &sh, &mut got);
+                                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                                    assert!(
+                                        g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                                        "{isa} k {tk} v {tv} hd {hd} n_pos {n_pos} first {first} scale {scale} hostile {hostile} [{i}]: {g} vs {w}"
+                                    );
+                                }
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{checked} quantized-cache attention calls checked");
+}
+
 /// Prompt attention at every SIMD level equals the scalar twin bit for bit: random and large
 /// scores (weights that underflow the exponential), partial last tiles, every visible length
 /// from one position to the whole padded cache, head sizes with a scalar fallback (80).
@@ -873,6 +1010,54 @@ fn rope_simd_equals_scalar() {
                         "{isa} {style:?} hd {head_dim} pos {pos}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// The Walsh–Hadamard rotation at every SIMD level equals the scalar twin bit for bit, and the
+/// twin equals ggml's order (scale, then strides 1, 2, 4, … over the whole chunk): chunk sizes
+/// 2 to 256, small, large and f32-overflowing values.
+#[test]
+fn fwht_simd_equals_scalar() {
+    use dino_kernels::dispatch::op_kernels_for;
+    use dino_kernels::ops::fwht_scalar;
+    let mut rng = StdRng::seed_from_u64(49);
+    // ggml_compute_forward_fwht_impl, transcribed.
+    let ggml = |x: &mut [f32], n: usize| {
+        let scale = 1.0 / (n as f32).sqrt();
+        for c in x.chunks_exact_mut(n) {
+            c.iter_mut().for_each(|v| *v *= scale);
+            let mut len = 1;
+            while len < n {
+                for i in (0..n).step_by(2 * len) {
+                    for j in 0..len {
+                        let (u, v) = (c[i + j], c[i + len + j]);
+                        c[i + j] = u + v;
+                        c[i + len + j] = u - v;
+                    }
+                }
+                len <<= 1;
+            }
+        }
+    };
+    for n in [2usize, 4, 8, 16, 64, 128, 256] {
+        for scale in [1e-3f32, 1.0, 3e4, 3e37] {
+            let x = rand_f32(&mut rng, 3 * n, scale);
+            let mut want = x.clone();
+            ggml(&mut want, n);
+            let mut got = x.clone();
+            fwht_scalar(&mut got, n);
+            let same = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(g, w)| g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()))
+            };
+            assert!(same(&got, &want), "scalar n {n} scale {scale}");
+            for isa in simd_levels() {
+                let mut got = x.clone();
+                (op_kernels_for(isa).unwrap().fwht)(&mut got, n);
+                assert!(same(&got, &want), "{isa} n {n} scale {scale}");
             }
         }
     }

@@ -9,7 +9,7 @@ mod kv;
 mod registry;
 
 pub use config::HParams;
-pub use kv::{KvCache, KvShape, KV_BLOCK};
+pub use kv::{KvCache, KvShape, KvType, KvTypes, KV_BLOCK};
 pub use registry::{load, supported_architectures, LoadOptions};
 
 use dino_core::Result;
@@ -96,6 +96,12 @@ pub struct ModelInfo {
     pub weight_bytes: u64,
 }
 
+/// Receives the inputs of the weight matrices during [`Model::forward_observed`]:
+/// `(names, rows, n_rows)`, the names of the matrices (GGUF tensor names, each once) that
+/// multiply the `n_rows` rows of `rows` (`rows.len() / n_rows` values each, the matrices' input
+/// width). Calibration (`dino calibrate`) sums the squares of these per input channel.
+pub type Observer<'a> = dyn FnMut(&[&str], &[f32], usize) + 'a;
+
 /// A model family's forward pass. Implementations hold weights only; all per-request state
 /// (the KV cache) belongs to the caller.
 pub trait Model: Send + Sync {
@@ -105,6 +111,21 @@ pub trait Model: Send + Sync {
     /// Run `batch`, appending its keys/values to `kv` at the given positions, and write logits
     /// for the tokens that want them into `out`.
     fn forward(&self, batch: &Batch, kv: &mut KvCache, out: &mut Logits) -> Result<()>;
+    /// [`Model::forward`], handing the input of every layer's weight matrices to `obs` as it is
+    /// computed (the output head's input is not observed, as llama.cpp's imatrix tool skips it).
+    fn forward_observed(
+        &self,
+        batch: &Batch,
+        kv: &mut KvCache,
+        out: &mut Logits,
+        obs: &mut Observer,
+    ) -> Result<()> {
+        let _ = (batch, kv, out, obs);
+        Err(dino_core::Error::Unsupported(format!(
+            "{}: this architecture cannot report its activations (calibration)",
+            self.info().arch
+        )))
+    }
     /// Touch every weight page so the first request does not pay for page faults.
     fn warm_up(&self) {}
 }

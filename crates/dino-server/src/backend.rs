@@ -123,6 +123,8 @@ pub struct BackendMetrics {
     /// Blocks kept only for prefix reuse (given back when needed).
     pub kv_blocks_cached: usize,
     pub kv_blocks_total: usize,
+    /// Bytes of one KV block (every layer's keys and values; depends on the cache types).
+    pub kv_block_bytes: u64,
     /// Prompt tokens found in the prefix cache instead of computed, since start.
     pub prefix_tokens_reused: u64,
     /// Sequences preempted for want of KV blocks, since start.

@@ -144,7 +144,7 @@ impl ServerMetrics {
             "Time between consecutive generated tokens.",
         );
         // (name, help, type, value): the scheduler's gauges, then its counters.
-        let series: [(&str, &str, &str, u64); 7] = [
+        let series: [(&str, &str, &str, u64); 8] = [
             (
                 "dino_queue_depth",
                 "Requests waiting to be scheduled.",
@@ -174,6 +174,12 @@ impl ServerMetrics {
                 "KV-cache blocks in total.",
                 "gauge",
                 backend.kv_blocks_total as u64,
+            ),
+            (
+                "dino_kv_cache_bytes",
+                "Memory of the KV cache (all blocks, keys and values).",
+                "gauge",
+                backend.kv_blocks_total as u64 * backend.kv_block_bytes,
             ),
             (
                 "dino_prefix_tokens_reused_total",

@@ -467,6 +467,7 @@ async fn metrics_exposition_counts() {
     assert_eq!(k("dino_running_sequences"), 3.0);
     assert_eq!(k("dino_kv_blocks_used"), 10.0);
     assert_eq!(k("dino_kv_blocks_total"), 100.0);
+    assert_eq!(k("dino_kv_cache_bytes"), 409600.0);
     assert_eq!(k("dino_kv_blocks_cached"), 5.0);
     assert_eq!(k("dino_prefix_tokens_reused_total"), 7.0);
     assert_eq!(k("dino_preemptions_total"), 1.0);

@@ -11,15 +11,21 @@ use core::arch::x86_64::*;
 
 use super::avx2::avx2_detected;
 use crate::dispatch::OpKernels;
-use crate::ops::{AttnShape, KvSpan, RopeParams, ATTN_LANES, ATTN_TILE, KV_BLOCK};
+use crate::ops::{
+    AttnShape, KvBlocks, KvElem, KvRows, KvSpan, KvView, RopeParams, ATTN_LANES, ATTN_TILE,
+    KV_BLOCK,
+};
+use crate::quant::blocks::{BlockQ4_0, BlockQ8_0, QK};
 use half::f16;
 
 pub(crate) fn avx2_op_kernels() -> Option<&'static OpKernels> {
     static K: OpKernels = OpKernels {
         attend_decode,
+        attend_decode_q,
         attend_prompt,
         swiglu,
         rope,
+        fwht,
     };
     avx2_detected().then_some(&K)
 }
@@ -41,6 +47,19 @@ fn rope(p: &RopeParams, x: &mut [f32], head_dim: usize, cache: &[f32]) {
     debug_assert!(avx2_detected());
     // SAFETY: handed out only after run-time detection of avx2, fma and f16c; safe code inside.
     unsafe { rope_fma(p, x, head_dim, cache) }
+}
+
+fn fwht(x: &mut [f32], n: usize) {
+    debug_assert!(avx2_detected());
+    // SAFETY: handed out only after run-time detection of avx2, fma and f16c; safe code inside.
+    unsafe { fwht_avx2(x, n) }
+}
+
+/// The scalar Walsh–Hadamard body compiled with AVX2 (vectorized by the compiler; each value
+/// gets the same additions, so the same bits as the scalar twin).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fwht_avx2(x: &mut [f32], n: usize) {
+    crate::ops::fwht_scalar(x, n)
 }
 
 /// The scalar RoPE body compiled with hardware FMA: the same bits as the scalar twin.
@@ -311,9 +330,9 @@ unsafe fn three_passes<const NV: usize>(
         // other's convert-round-FMA latency.
         for h in (0..g).step_by(2) {
             if g - h >= 2 {
-                values::<NV, 2>(kv, s, c0, nc, h, &mut acc, mss, vss);
+                values::<NV, 2>(&kv.v, h_kv, s, c0, nc, h, &mut acc, mss, vss);
             } else {
-                values::<NV, 1>(kv, s, c0, nc, h, &mut acc, mss, vss);
+                values::<NV, 1>(&kv.v, h_kv, s, c0, nc, h, &mut acc, mss, vss);
             }
         }
     }
@@ -329,9 +348,9 @@ unsafe fn three_passes<const NV: usize>(
 /// Ask for the cache lines of `rows` rows of one head starting at `first` (a block's rows of
 /// one head are contiguous; hints only, `wrapping_add` keeps the addresses defined).
 #[inline(always)]
-pub(super) unsafe fn prefetch_rows(first: &[f16], rows: usize) {
+pub(super) unsafe fn prefetch_rows<T>(first: &[T], rows: usize) {
     let p = first.as_ptr().cast::<i8>();
-    for line in (0..first.len() * 2 * rows).step_by(64) {
+    for line in (0..std::mem::size_of_val(first) * rows).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
     }
 }
@@ -405,7 +424,8 @@ unsafe fn expf8(x: __m256) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn values<const NV: usize, const HB: usize>(
-    kv: &KvSpan,
+    v: &KvBlocks<'_>,
+    kv_head: usize,
     s: &AttnShape,
     c0: usize,
     nc: usize,
@@ -416,7 +436,7 @@ unsafe fn values<const NV: usize, const HB: usize>(
 ) {
     let mut a: [[__m256; NV]; HB] = std::array::from_fn(|b| acc[h0 + b]);
     for i in 0..nc {
-        let vr = kv.v.row(c0 + i, kv.kv_head, s);
+        let vr = v.row(c0 + i, kv_head, s);
         let vf: [__m256; NV] = std::array::from_fn(|j| load_f16x8(&vr[8 * j..]));
         for (b, a) in a.iter_mut().enumerate() {
             v_step(a, &vf, mss[h0 + b][i], vss[h0 + b][i]);
@@ -678,4 +698,414 @@ unsafe fn attend_prompt_avx2(
     let sum = lanes.iter().fold(0f32, |a, &b| a + b);
     let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     out.iter_mut().for_each(|o| *o *= inv);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Caches with quantized keys or values: `ops::attend_group_decode_q_scalar`, bit for bit, in
+// the three passes of the f16 kernel (scores, softmax, values) over chunks of positions.
+
+pub(super) fn attend_decode_q(q: &[f32], kv: &KvView, s: &AttnShape, out: &mut [f32]) {
+    debug_assert!(avx2_detected());
+    // SAFETY: handed out only by `avx2_op_kernels` (or the AVX-512 table, on CPUs that have
+    // AVX2 too) after run-time detection of avx2, fma and f16c; the kernels read memory only
+    // through bounds-checked slices and fixed-size arrays.
+    unsafe { attend_decode_q_avx2(q, kv, s, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_decode_q_avx2(q: &[f32], kv: &KvView, s: &AttnShape, out: &mut [f32]) {
+    let span = MAX_GROUP * s.head_dim;
+    // f16 keys need whole 64-value steps of ggml's f16 dot product.
+    let f16_k = matches!(kv.k, KvRows::F16(_));
+    for (qg, og) in q.chunks(span).zip(out.chunks_mut(span)) {
+        // SAFETY: the same target features as this function.
+        with_scratch(|sc| unsafe {
+            match s.head_dim {
+                64 => q_passes::<8, 2>(qg, kv, s, og, sc),
+                128 => q_passes::<16, 4>(qg, kv, s, og, sc),
+                256 => q_passes::<32, 8>(qg, kv, s, og, sc),
+                96 if !f16_k => q_passes::<12, 3>(qg, kv, s, og, sc),
+                _ => crate::ops::attend_group_decode_q_scalar(qg, kv, s, og),
+            }
+        })
+    }
+}
+
+/// The queries of a GQA group in registers, in K's dot type.
+pub(super) struct QueryRegs<const NV: usize, const NB: usize> {
+    /// f16 keys: each head's query rounded to f16.
+    pub(super) f16: [[__m256; NV]; MAX_GROUP],
+    /// Q8_0 / Q4_0 keys: each head's query quantized to Q8_0 (ggml's x86 rule), the quants of
+    /// each block,
+    pub(super) qs: [[__m256i; NB]; MAX_GROUP],
+    /// and each block's scale, in every lane.
+    pub(super) qd: [[__m256; NB]; MAX_GROUP],
+}
+
+impl<const NV: usize, const NB: usize> QueryRegs<NV, NB> {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn new(q: &[f32], g: usize, k: crate::ops::KvType) -> Self {
+        let hd = 8 * NV;
+        let mut r = QueryRegs {
+            f16: [[_mm256_setzero_ps(); NV]; MAX_GROUP],
+            qs: [[_mm256_setzero_si256(); NB]; MAX_GROUP],
+            qd: [[_mm256_setzero_ps(); NB]; MAX_GROUP],
+        };
+        for h in 0..g {
+            let qr = &q[h * hd..(h + 1) * hd];
+            if k == crate::ops::KvType::F16 {
+                for (j, x) in r.f16[h].iter_mut().enumerate() {
+                    *x = round_f16(load_f32x8(&qr[8 * j..]));
+                }
+            } else {
+                let mut bytes = [0u8; crate::ops::MAX_HEAD_DIM / QK * 34];
+                let bytes = &mut bytes[..NB * 34];
+                let kq = crate::dispatch::kernels(dino_core::GgmlType::Q8_0).expect("Q8_0");
+                (kq.quantize_act)(qr, bytes);
+                let blocks = crate::quant::blocks::as_blocks::<BlockQ8_0>(bytes);
+                for (b, blk) in blocks.iter().enumerate() {
+                    r.qs[h][b] = super::avx2::load32i(&blk.qs);
+                    r.qd[h][b] = _mm256_set1_ps(super::avx2::f16s(blk.d));
+                }
+            }
+        }
+        r
+    }
+}
+
+/// Quantized keys: a block's 32 values as signed bytes, in order, and its scale.
+pub(super) trait KeyBlock: KvElem {
+    /// # Safety
+    /// Only inside functions compiled with avx2, fma and f16c.
+    unsafe fn values(&self) -> __m256i;
+    fn scale(&self) -> [u8; 2];
+}
+
+impl KeyBlock for BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn values(&self) -> __m256i {
+        super::avx2::load32i(&self.qs)
+    }
+    #[inline(always)]
+    fn scale(&self) -> [u8; 2] {
+        self.d
+    }
+}
+
+impl KeyBlock for BlockQ4_0 {
+    #[inline(always)]
+    unsafe fn values(&self) -> __m256i {
+        _mm256_sub_epi8(super::avx2::nibbles(&self.qs), _mm256_set1_epi8(8))
+    }
+    #[inline(always)]
+    fn scale(&self) -> [u8; 2] {
+        self.d
+    }
+}
+
+/// Quantized values: a block's 32 values as f32 (`q · d`, exactly as `to_float`) in four
+/// registers.
+pub(super) trait ValueBlock: KvElem {
+    /// # Safety
+    /// Only inside functions compiled with avx2, fma and f16c.
+    unsafe fn to_f32(&self, out: &mut [__m256]);
+}
+
+impl ValueBlock for BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn to_f32(&self, out: &mut [__m256]) {
+        let d = _mm256_set1_ps(super::avx2::f16s(self.d));
+        let q = super::avx2::load32i(&self.qs);
+        let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+        for (k, half) in [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)]
+            .into_iter()
+            .enumerate()
+        {
+            out[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(half)), d);
+        }
+    }
+}
+
+impl ValueBlock for BlockQ4_0 {
+    #[inline(always)]
+    unsafe fn to_f32(&self, out: &mut [__m256]) {
+        let d = _mm256_set1_ps(super::avx2::f16s(self.d));
+        let q = _mm256_sub_epi8(super::avx2::nibbles(&self.qs), _mm256_set1_epi8(8));
+        let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+        for (k, half) in [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)]
+            .into_iter()
+            .enumerate()
+        {
+            out[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(half)), d);
+        }
+    }
+}
+
+/// Hints for the rows of `r` at position `p` of head `h` and the `rows - 1` after it (in one
+/// block).
+#[inline(always)]
+pub(super) unsafe fn prefetch_kv(r: &KvRows, p: usize, h: usize, s: &AttnShape, rows: usize) {
+    match r {
+        KvRows::F16(b) => prefetch_rows(b.row(p, h, s), rows),
+        KvRows::Q8_0(b) => prefetch_rows(b.row(p, h, s), rows),
+        KvRows::Q4_0(b) => prefetch_rows(b.row(p, h, s), rows),
+    }
+}
+
+/// At each block of 16 positions (and at the chunk's start): hints for its V rows, read by the
+/// value pass after this one, and the next block's K rows.
+#[inline(always)]
+pub(super) unsafe fn prefetch_block(kv: &KvView, s: &AttnShape, p: usize, c0: usize) {
+    if p.is_multiple_of(KV_BLOCK) || p == c0 {
+        let left = KV_BLOCK - p % KV_BLOCK;
+        prefetch_kv(&kv.v, p, kv.kv_head, s, left.min(kv.n_pos - p));
+        if p + left < kv.n_pos {
+            prefetch_kv(&kv.k, p + left, kv.kv_head, s, KV_BLOCK);
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q_passes<const NV: usize, const NB: usize>(
+    q: &[f32],
+    kv: &KvView,
+    s: &AttnShape,
+    out: &mut [f32],
+    (score, mss, vss): Scratch<'_>,
+) {
+    let hd = 8 * NV;
+    debug_assert!(s.head_dim == hd && 4 * NB == NV);
+    let g = q.len() / hd;
+    assert!(g <= MAX_GROUP && out.len() >= g * hd);
+    let qr = QueryRegs::<NV, NB>::new(q, g, kv.k.kv_type());
+    let mut acc = [[_mm256_setzero_ps(); NV]; MAX_GROUP];
+    let mut max = [f32::NEG_INFINITY; MAX_GROUP];
+    let mut sum = [0f32; MAX_GROUP];
+    for c0 in (kv.first..kv.n_pos).step_by(CHUNK) {
+        let nc = (kv.n_pos - c0).min(CHUNK);
+        match &kv.k {
+            KvRows::F16(k) => scores_f16::<NV>(&qr.f16, g, k, kv, s, c0, nc, score),
+            KvRows::Q8_0(k) => scores_q::<NV, NB, _>(&qr, g, k, kv, s, c0, nc, score),
+            KvRows::Q4_0(k) => scores_q::<NV, NB, _>(&qr, g, k, kv, s, c0, nc, score),
+        }
+        softmax_weights_heads(score, mss, vss, nc, &mut max[..g], &mut sum[..g]);
+        match &kv.v {
+            KvRows::F16(v) => {
+                for h in (0..g).step_by(2) {
+                    if g - h >= 2 {
+                        values::<NV, 2>(v, kv.kv_head, s, c0, nc, h, &mut acc, mss, vss);
+                    } else {
+                        values::<NV, 1>(v, kv.kv_head, s, c0, nc, h, &mut acc, mss, vss);
+                    }
+                }
+            }
+            KvRows::Q8_0(v) => {
+                values_q::<NV, NB, _>(v, kv.kv_head, s, c0, nc, g, &mut acc, mss, vss)
+            }
+            KvRows::Q4_0(v) => {
+                values_q::<NV, NB, _>(v, kv.kv_head, s, c0, nc, g, &mut acc, mss, vss)
+            }
+        }
+    }
+    for h in 0..g {
+        let inv = if sum[h] == 0.0 { 0.0 } else { 1.0 / sum[h] };
+        let iv = _mm256_set1_ps(inv);
+        for (j, &x) in acc[h].iter().enumerate() {
+            store_f32x8(&mut out[h * hd + 8 * j..], _mm256_mul_ps(x, iv));
+        }
+    }
+}
+
+/// The score pass over f16 keys (the f16 kernel's), for a cache whose values are quantized.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_f16<const NV: usize>(
+    qh: &[[__m256; NV]; MAX_GROUP],
+    g: usize,
+    k: &KvBlocks<'_>,
+    kv: &KvView,
+    s: &AttnShape,
+    c0: usize,
+    nc: usize,
+    score: &mut [[f32; CHUNK]],
+) {
+    for (i, p) in (c0..c0 + nc).enumerate() {
+        prefetch_block(kv, s, p, c0);
+        let kr = k.row(p, kv.kv_head, s);
+        let kf: [__m256; NV] = std::array::from_fn(|j| load_f16x8(&kr[8 * j..]));
+        for h in 0..g {
+            score[h][i] = dot_ggml_order::<NV>(&kf, &qh[h]) * s.scale;
+        }
+    }
+}
+
+/// ggml's `hsum_float_8` of eight vectors at once: lane `i` of the result is the horizontal
+/// sum of `v[i]` with the same additions, ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7)), each
+/// level adding the lanes of two vectors in one instruction.
+#[inline(always)]
+pub(super) unsafe fn hsum8x8(v: &[__m256; 8]) -> __m256 {
+    // Level 1: halves, two vectors per register: [v0 lo + hi | v1 lo + hi].
+    let l1: [__m256; 4] = std::array::from_fn(|k| {
+        let (a, b) = (v[2 * k], v[2 * k + 1]);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        )
+    });
+    // Level 2: lanes 0 + 2 and 1 + 3 of each half; lane order [v0 v0 v2 v2 | v1 v1 v3 v3].
+    let l2: [__m256; 2] = std::array::from_fn(|k| {
+        let (a, b) = (l1[2 * k], l1[2 * k + 1]);
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
+            _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
+        )
+    });
+    // Level 3: (0 + 2) + (1 + 3); lane order [v0 v2 v4 v6 | v1 v3 v5 v7].
+    let l3 = _mm256_add_ps(
+        _mm256_shuffle_ps::<0b10_00_10_00>(l2[0], l2[1]),
+        _mm256_shuffle_ps::<0b11_01_11_01>(l2[0], l2[1]),
+    );
+    _mm256_permutevar8x32_ps(l3, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// `score[h][i]` of positions `c0 + i`, `i < nc`, over Q8_0 / Q4_0 keys: eight positions at a
+/// time, each K row's blocks loaded once for the whole group, each head's dot products in
+/// ggml's AVX2 lane order ([`crate::ops::dot_q8_0_lanes`]) and their horizontal sums eight at
+/// a time ([`hsum8x8`]).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_q<const NV: usize, const NB: usize, B: KeyBlock>(
+    qr: &QueryRegs<NV, NB>,
+    g: usize,
+    k: &KvBlocks<'_, B>,
+    kv: &KvView,
+    s: &AttnShape,
+    c0: usize,
+    nc: usize,
+    score: &mut [[f32; CHUNK]],
+) {
+    let scale = _mm256_set1_ps(s.scale);
+    let ones = _mm256_set1_epi16(1);
+    let mut kx = [[_mm256_setzero_si256(); NB]; 8];
+    let mut kax = [[_mm256_setzero_si256(); NB]; 8];
+    let mut kd = [[_mm256_setzero_ps(); NB]; 8];
+    for b0 in (0..nc).step_by(8) {
+        let n8 = (nc - b0).min(8);
+        for i in 0..n8 {
+            let p = c0 + b0 + i;
+            prefetch_block(kv, s, p, c0);
+            let kr = k.row(p, kv.kv_head, s);
+            for (b, blk) in kr.iter().enumerate().take(NB) {
+                let x = blk.values();
+                kx[i][b] = x;
+                kax[i][b] = _mm256_sign_epi8(x, x);
+                kd[i][b] = _mm256_set1_ps(super::avx2::f16s(blk.scale()));
+            }
+        }
+        for (h, row) in score.iter_mut().enumerate().take(g) {
+            let mut lanes = [_mm256_setzero_ps(); 8];
+            for (i, l) in lanes.iter_mut().enumerate().take(n8) {
+                let mut a = _mm256_setzero_ps();
+                for b in 0..NB {
+                    // ggml's `mul_sum_i8_pairs_float`: |x| · sign(y, x), in pairs, in fours.
+                    let sy = _mm256_sign_epi8(qr.qs[h][b], kx[i][b]);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(kax[i][b], sy), ones);
+                    let d = _mm256_mul_ps(kd[i][b], qr.qd[h][b]);
+                    a = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), a);
+                }
+                *l = a;
+            }
+            let r = _mm256_mul_ps(hsum8x8(&lanes), scale);
+            if n8 == 8 {
+                store_f32x8(&mut row[b0..], r);
+            } else {
+                let mut t = [0f32; 8];
+                store_f32x8(&mut t, r);
+                row[b0..b0 + n8].copy_from_slice(&t[..n8]);
+            }
+        }
+    }
+}
+
+/// Positions per step of the quantized value pass: their rows are converted to f32 once, into
+/// a buffer that stays in L1, for every head of the group.
+const VSUB: usize = 32;
+
+/// The value pass over Q8_0 / Q4_0 values for the first `g` heads, positions `c0..c0 + nc`:
+/// f32 accumulators (`acc = fma(v, vs, acc)`, `acc *= ms` at a new maximum).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn values_q<const NV: usize, const NB: usize, B: ValueBlock>(
+    v: &KvBlocks<'_, B>,
+    kv_head: usize,
+    s: &AttnShape,
+    c0: usize,
+    nc: usize,
+    g: usize,
+    acc: &mut [[__m256; NV]; MAX_GROUP],
+    mss: &[[f32; CHUNK]],
+    vss: &[[f32; CHUNK]],
+) {
+    let mut rows = [[_mm256_setzero_ps(); NV]; VSUB];
+    for s0 in (0..nc).step_by(VSUB) {
+        let ns = (nc - s0).min(VSUB);
+        for (i, r) in rows.iter_mut().enumerate().take(ns) {
+            let vr = v.row(c0 + s0 + i, kv_head, s);
+            for (b, blk) in vr.iter().enumerate().take(NB) {
+                blk.to_f32(&mut r[4 * b..4 * b + 4]);
+            }
+        }
+        let rows = &rows[..ns];
+        let (mss, vss) = (
+            |h: usize| &mss[h][s0..s0 + ns],
+            |h: usize| &vss[h][s0..s0 + ns],
+        );
+        let mut h = 0;
+        while h < g {
+            if NV <= 8 && g - h >= 2 {
+                values_f32::<NV, 2>(rows, h, acc, [mss(h), mss(h + 1)], [vss(h), vss(h + 1)]);
+                h += 2;
+            } else {
+                values_f32::<NV, 1>(rows, h, acc, [mss(h)], [vss(h)]);
+                h += 1;
+            }
+        }
+    }
+}
+
+/// Heads `h0..h0 + HB` over f32 value rows: per row, a new maximum (`ms` ≠ 1) rescales the
+/// accumulator (a factor of exactly 1 would leave it unchanged, so it is skipped), then
+/// `acc = fma(v, vs, acc)`.
+#[inline(always)]
+unsafe fn values_f32<const NV: usize, const HB: usize>(
+    rows: &[[__m256; NV]],
+    h0: usize,
+    acc: &mut [[__m256; NV]; MAX_GROUP],
+    ms: [&[f32]; HB],
+    vs: [&[f32]; HB],
+) {
+    let mut a: [[__m256; NV]; HB] = std::array::from_fn(|b| acc[h0 + b]);
+    for (i, r) in rows.iter().enumerate() {
+        for (b, a) in a.iter_mut().enumerate() {
+            let m = ms[b][i];
+            if m != 1.0 {
+                let m = _mm256_set1_ps(m);
+                for x in a.iter_mut() {
+                    *x = _mm256_mul_ps(*x, m);
+                }
+            }
+            let w = _mm256_set1_ps(vs[b][i]);
+            for (x, &vv) in a.iter_mut().zip(r) {
+                *x = _mm256_fmadd_ps(vv, w, *x);
+            }
+        }
+    }
+    for (b, a) in a.iter().enumerate() {
+        acc[h0 + b] = *a;
+    }
 }

@@ -10,7 +10,9 @@
 //! Families differ only in options (RoPE style, biases) or keep their quirks in their own file.
 
 use super::weights::{TensorLoader, Weight};
-use crate::{Batch, HParams, KvCache, KvShape, LoadOptions, Logits, Model, ModelInfo};
+use crate::{
+    Batch, HParams, KvCache, KvShape, KvTypes, LoadOptions, Logits, Model, ModelInfo, Observer,
+};
 use dino_core::{Error, Result};
 use dino_formats::gguf::GgufFile;
 use dino_kernels::matmul::{self, Epilogue, MatmulScratch, PreNorm};
@@ -187,24 +189,31 @@ impl Moe {
 #[derive(Default)]
 struct Workspace {
     cap: usize,
-    x: Vec<f32>,        // [n, n_embd]
-    q: Vec<f32>,        // [n, n_head * head_dim]
-    k: Vec<f32>,        // [n, n_head_kv * head_dim]
-    v: Vec<f32>,        // [n, n_head_kv * head_dim]
-    att: Vec<f32>,      // [n, n_head * head_dim]
-    gate: Vec<f32>,     // [n, n_ff]: silu(gate) * up
-    out_x: Vec<f32>,    // [n_out, n_embd]
-    y: Vec<f32>,        // [n, n_embd]: a sublayer's output before its post-norm
-    head: Vec<f32>,     // [head_dim]
-    kf: Vec<f32>, // [n_head_kv, head_dim, p_pad]: one sequence's K transposed to f32 (prompt batches)
-    vf: Vec<f32>, // [n_pos, n_head_kv * head_dim]: same for V
-    kg: Vec<half::f16>, // [n_pos, n_head_kv * head_dim]: one sequence's K gathered from its blocks
-    vg: Vec<half::f16>, // [n_pos, n_head_kv * head_dim]: same for V
+    x: Vec<f32>,     // [n, n_embd]
+    q: Vec<f32>,     // [n, n_head * head_dim]
+    k: Vec<f32>,     // [n, n_head_kv * head_dim]
+    v: Vec<f32>,     // [n, n_head_kv * head_dim]
+    att: Vec<f32>,   // [n, n_head * head_dim]
+    gate: Vec<f32>,  // [n, n_ff]: silu(gate) * up
+    out_x: Vec<f32>, // [n_out, n_embd]
+    y: Vec<f32>,     // [n, n_embd]: a sublayer's output before its post-norm
+    head: Vec<f32>,  // [head_dim]
+    run: RunBufs,
     /// Batch indices of the tokens taking the decode attention kernel.
     decode_toks: Vec<usize>,
     rope: Vec<f32>, // [rope_dims]
     mm: MatmulScratch,
     moe: MoeScratch,
+}
+
+/// The prompt attention's copies of one sequence's cache (`attend_run`), sized on use.
+#[derive(Default)]
+struct RunBufs {
+    kf: Vec<f32>, // [n_head_kv, head_dim, p_pad]: one sequence's K transposed to f32 (prompt batches)
+    vf: Vec<f32>, // [n_pos, n_head_kv * head_dim]: same for V
+    kg: Vec<half::f16>, // [n_pos, n_head_kv * head_dim]: one sequence's K gathered from its blocks
+    vg: Vec<half::f16>, // [n_pos, n_head_kv * head_dim]: same for V
+    kr: Vec<f32>, // [n_pos, n_head_kv * head_dim]: K gathered as f32 from a quantized cache
 }
 
 /// Mixture-of-experts buffers, sized on use.
@@ -533,7 +542,8 @@ impl Decoder {
 /// prompt chunk): the sequence's cache rows gathered from their blocks; without a window that
 /// has moved past the first key, converted once to f32 (K transposed) for the tiled kernel,
 /// otherwise read by the f32 online-softmax kernel from the window's start. One work item per
-/// (token, head); outputs go to `att` (`[n, n_head * head_dim]`).
+/// (token, head); outputs go to `att` (`[n, n_head * head_dim]`). A quantized cache is
+/// gathered straight to f32 (dequantized exactly) and then takes the same kernels.
 #[allow(clippy::too_many_arguments)]
 fn attend_run(
     pool: &ThreadPool,
@@ -544,13 +554,12 @@ fn attend_run(
     att: &SharedMut<f32>,
     shape: &AttnShape,
     start: &(dyn Fn(usize) -> usize + Sync),
-    (kg, vg, kf, vf): (
-        &mut Vec<half::f16>,
-        &mut Vec<half::f16>,
-        &mut Vec<f32>,
-        &mut Vec<f32>,
-    ),
+    bufs: &mut RunBufs,
 ) {
+    if kv.types() != KvTypes::F16 {
+        return attend_run_f32(pool, kv, il, (batch, t0, t1), q, att, shape, start, bufs);
+    }
+    let RunBufs { kg, vg, kf, vf, .. } = bufs;
     let (hd, n_head) = (shape.head_dim, shape.n_head);
     let (qd, kvd) = (n_head * hd, shape.n_head_kv * hd);
     let group = n_head / shape.n_head_kv;
@@ -593,6 +602,63 @@ fn attend_run(
             } else {
                 let s0 = start(t);
                 let (kc, vc) = (&kg[s0 * kvd..], &vg[s0 * kvd..]);
+                ops::attend_head(qh, kc, vc, n_vis - s0, h / group, shape, dst);
+            }
+        }
+    });
+}
+
+/// [`attend_run`] over a cache with quantized keys or values: the sequence's rows gathered
+/// as f32 (`kr`, `vf`), K transposed into `kf` for the tiled kernel.
+#[allow(clippy::too_many_arguments)]
+fn attend_run_f32(
+    pool: &ThreadPool,
+    kv: &KvCache,
+    il: usize,
+    (batch, t0, t1): (&Batch, usize, usize),
+    q: &[f32],
+    att: &SharedMut<f32>,
+    shape: &AttnShape,
+    start: &(dyn Fn(usize) -> usize + Sync),
+    bufs: &mut RunBufs,
+) {
+    let RunBufs { kr, kf, vf, .. } = bufs;
+    let (hd, n_head) = (shape.head_dim, shape.n_head);
+    let (qd, kvd) = (n_head * hd, shape.n_head_kv * hd);
+    let group = n_head / shape.n_head_kv;
+    let seq = batch.seq[t0] as usize;
+    let n_pos = (t0..t1)
+        .map(|t| batch.pos[t] as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let len = n_pos * kvd;
+    for b in [&mut *kr, &mut *vf] {
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+    }
+    kv.gather_f32(il, seq, n_pos, &mut kr[..len], &mut vf[..len]);
+    let tiled = (t0..t1).all(|t| start(t) == 0);
+    let p_pad = n_pos.div_ceil(ops::ATTN_TILE) * ops::ATTN_TILE;
+    if tiled {
+        if kf.len() < p_pad * kvd {
+            kf.resize(p_pad * kvd, 0.0);
+        }
+        ops::transpose_k(&kr[..len], n_pos, shape, p_pad, kf);
+    }
+    let (kr, kf, vf) = (&kr[..len], &kf[..], &vf[..len]);
+    pool.for_chunks((t1 - t0) * n_head, 1, &|items| {
+        for item in items {
+            let (t, h) = (t0 + item / n_head, item % n_head);
+            let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+            // SAFETY: each (token, head) output slice is written by one item.
+            let dst = unsafe { att.slice(t * qd + h * hd, hd) };
+            let n_vis = batch.pos[t] as usize + 1;
+            if tiled {
+                ops::attend_prompt(qh, kf, p_pad, vf, n_vis, h / group, shape, dst);
+            } else {
+                let s0 = start(t);
+                let (kc, vc) = (&kr[s0 * kvd..], &vf[s0 * kvd..]);
                 ops::attend_head(qh, kc, vc, n_vis - s0, h / group, shape, dst);
             }
         }
@@ -792,6 +858,57 @@ impl Model for Decoder {
     }
 
     fn forward(&self, batch: &Batch, kv: &mut KvCache, out: &mut Logits) -> Result<()> {
+        self.run(batch, kv, out, None)
+    }
+
+    fn forward_observed(
+        &self,
+        batch: &Batch,
+        kv: &mut KvCache,
+        out: &mut Logits,
+        obs: &mut Observer,
+    ) -> Result<()> {
+        self.run(batch, kv, out, Some(obs))
+    }
+}
+
+/// Hands `rows` (the input of the matrices `ws`) to the observer; `norm` first applies the
+/// RMSNorm the fused product applies on the fly.
+fn observe(
+    obs: &mut Option<&mut Observer>,
+    ws: &[&Weight],
+    rows: &[f32],
+    n: usize,
+    norm: Option<(&[f32], f32)>,
+) {
+    let Some(obs) = obs.as_mut() else { return };
+    let mut names: Vec<&str> = Vec::with_capacity(ws.len());
+    for w in ws {
+        if !names.contains(&w.name()) {
+            names.push(w.name());
+        }
+    }
+    match norm {
+        None => obs(&names, rows, n),
+        Some((weight, eps)) => {
+            let width = rows.len() / n.max(1);
+            let mut normed = vec![0f32; rows.len()];
+            for (x, y) in rows.chunks_exact(width).zip(normed.chunks_exact_mut(width)) {
+                ops::rmsnorm(x, weight, eps, y);
+            }
+            obs(&names, &normed, n)
+        }
+    }
+}
+
+impl Decoder {
+    fn run(
+        &self,
+        batch: &Batch,
+        kv: &mut KvCache,
+        out: &mut Logits,
+        mut obs: Option<&mut Observer>,
+    ) -> Result<()> {
         self.check_batch(batch, kv)?;
         let n = batch.len();
         let hp = &self.hp;
@@ -836,6 +953,13 @@ impl Model for Decoder {
         for (il, l) in self.layers.iter().enumerate() {
             // Attention: RMSNorm, then Q, K and V from one quantized input in one pass.
             let (wq, wk, wv) = (l.wq.matrix(), l.wk.matrix(), l.wv.matrix());
+            observe(
+                &mut obs,
+                &[&l.wq, &l.wk, &l.wv],
+                x,
+                n,
+                Some((&l.attn_norm, hp.rms_eps)),
+            );
             matmul::matmul_fused(
                 pool,
                 &mut [(&wq, &mut *q), (&wk, &mut *k), (&wv, &mut *v)],
@@ -865,14 +989,25 @@ impl Model for Decoder {
                 (_, Some((n_orig, r))) if kv.n_ctx().div_ceil(256) * 256 > *n_orig => r,
                 _ => &self.rope,
             };
-            let rope_token = |t: usize, q: &mut [f32], k: &mut [f32], c: &mut [f32]| {
-                rope.cache(batch.pos[t] as i64, c);
-                rope.apply(q, hd, c);
-                rope.apply(k, hd, c);
-                if let Some(s) = self.q_scale {
-                    q.iter_mut().for_each(|v| *v *= s);
-                }
-            };
+            // A quantized cache: llama.cpp's Walsh–Hadamard rotations of the queries and keys
+            // (quantized K) and of the values (quantized V), after RoPE.
+            let (rot_k, rot_v) = kv.types().rotations(hd);
+            let rope_token =
+                |t: usize, q: &mut [f32], k: &mut [f32], v: &mut [f32], c: &mut [f32]| {
+                    rope.cache(batch.pos[t] as i64, c);
+                    rope.apply(q, hd, c);
+                    rope.apply(k, hd, c);
+                    if let Some(s) = self.q_scale {
+                        q.iter_mut().for_each(|v| *v *= s);
+                    }
+                    if let Some(r) = rot_k {
+                        ops::fwht(q, r);
+                        ops::fwht(k, r);
+                    }
+                    if let Some(r) = rot_v {
+                        ops::fwht(v, r);
+                    }
+                };
             const ROPE_MAX: usize = 512;
             if n == 1 || rope.n_dims > ROPE_MAX {
                 for t in 0..n {
@@ -880,19 +1015,26 @@ impl Model for Decoder {
                         t,
                         &mut q[t * qd..(t + 1) * qd],
                         &mut k[t * kvd..(t + 1) * kvd],
+                        &mut v[t * kvd..(t + 1) * kvd],
                         &mut ws.rope,
                     );
                 }
             } else {
                 // One token per work item: the rotations are the serial part of a decode
                 // batch otherwise.
-                let (pq, pk) = (SharedMut::new(q), SharedMut::new(k));
+                let (pq, pk, pv) = (SharedMut::new(q), SharedMut::new(k), SharedMut::new(v));
                 pool.for_chunks(n, 1, &|ts| {
                     let mut c = [0f32; ROPE_MAX];
                     for t in ts {
-                        // SAFETY: token t's rows of q and k are touched by this item only.
-                        let (qt, kt) = unsafe { (pq.slice(t * qd, qd), pk.slice(t * kvd, kvd)) };
-                        rope_token(t, qt, kt, &mut c[..rope.n_dims]);
+                        // SAFETY: token t's rows of q, k and v are touched by this item only.
+                        let (qt, kt, vt) = unsafe {
+                            (
+                                pq.slice(t * qd, qd),
+                                pk.slice(t * kvd, kvd),
+                                pv.slice(t * kvd, kvd),
+                            )
+                        };
+                        rope_token(t, qt, kt, vt, &mut c[..rope.n_dims]);
                     }
                 });
             }
@@ -936,7 +1078,7 @@ impl Model for Decoder {
                             &pa,
                             &shape,
                             &start,
-                            (&mut ws.kg, &mut ws.vg, &mut ws.kf, &mut ws.vf),
+                            &mut ws.run,
                         );
                         t1
                     };
@@ -963,7 +1105,7 @@ impl Model for Decoder {
                             let span = t * qd + h0 * hd..t * qd + (h0 + nh) * hd;
                             // SAFETY: each (token, heads) output slice is written by one item.
                             let dst = unsafe { pa.slice(span.start, span.len()) };
-                            let kvs = ops::KvSpan {
+                            let kvs = ops::KvView {
                                 k: kb,
                                 v: vb,
                                 kv_head: g,
@@ -971,7 +1113,22 @@ impl Model for Decoder {
                                 first: start(t),
                                 n_pos: batch.pos[t] as usize + 1,
                             };
-                            ops::attend_head_decode(&q[span], &kvs, &shape, dst);
+                            ops::attend_decode(&q[span], &kvs, &shape, dst);
+                        }
+                    });
+                }
+            }
+
+            if let Some(r) = rot_v {
+                // Rotated values give a rotated output: rotate it back.
+                if n == 1 {
+                    ops::fwht(att, r);
+                } else {
+                    let pa = SharedMut::new(att);
+                    pool.for_chunks(n, 1, &|ts| {
+                        for t in ts {
+                            // SAFETY: token t's row of att is touched by this item only.
+                            ops::fwht(unsafe { pa.slice(t * qd, qd) }, r);
                         }
                     });
                 }
@@ -980,6 +1137,7 @@ impl Model for Decoder {
             // x += Wo · att (the residual add fused into the product's store), or with
             // post-norms x += norm(Wo · att).
             let wo = l.wo.matrix();
+            observe(&mut obs, &[&l.wo], att, n, None);
             residual(
                 pool,
                 &wo,
@@ -1009,6 +1167,13 @@ impl Model for Decoder {
             };
             // Feed-forward: RMSNorm, gate and up in one pass ending in silu(gate) * up.
             let (wg, wu) = (gate_w.matrix(), up_w.matrix());
+            observe(
+                &mut obs,
+                &[gate_w, up_w],
+                x,
+                n,
+                Some((&l.ffn_norm, hp.rms_eps)),
+            );
             matmul::matmul_fused(
                 pool,
                 &mut [(&wg, &mut *gate), (&wu, &mut [])],
@@ -1022,6 +1187,7 @@ impl Model for Decoder {
                 &mut ws.mm,
             );
             let wd = down_w.matrix();
+            observe(&mut obs, &[down_w], gate, n, None);
             residual(
                 pool,
                 &wd,

@@ -198,6 +198,7 @@ impl Backend for Mock {
             kv_blocks_used: 10,
             kv_blocks_cached: 5,
             kv_blocks_total: 100,
+            kv_block_bytes: 4096,
             prefix_tokens_reused: 7,
             preemptions: 1,
         }
