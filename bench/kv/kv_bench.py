@@ -78,11 +78,13 @@ def llama_ppl(model: Path, text: Path, t: str, chunks: str, threads: int):
              "-fa", "on", "-ctk", t, "-ctv", t, "-lv", "4"] + ch)
     out = r.stdout + r.stderr
     m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", out)
-    kv = re.search(r"llama_kv_cache: size = +([0-9.]+) MiB \( *(\d+) cells", out)
+    # "size = 23.91 MiB (512 cells, 30 layers, 4/4 seqs)": llama-perplexity runs n_batch / n_ctx
+    # sequences side by side, each with its own cells.
+    kv = re.search(r"llama_kv_cache: size = +([0-9.]+) MiB \( *(\d+) cells, +\d+ layers, +(\d+)/\d+ seqs", out)
     rot = re.search(r"attn_rot_k = (\d)", out)
     if not m:
         sys.exit(f"llama-perplexity failed:\n{out[-2000:]}")
-    per_tok = float(kv.group(1)) * 1048576 / int(kv.group(2)) if kv else None
+    per_tok = float(kv.group(1)) * 1048576 / (int(kv.group(2)) * int(kv.group(3))) if kv else None
     return float(m.group(1)), float(m.group(2)), per_tok, rot.group(1) if rot else "?"
 
 

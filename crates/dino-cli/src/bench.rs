@@ -80,6 +80,13 @@ pub struct BenchArgs {
     /// 0 keeps the file's layout and llama.cpp's summation order).
     #[arg(long = "repack", value_name = "0|1")]
     repack: Vec<String>,
+    /// Activation sparsity levels, comma-separated (e.g. 0,0.25,0.4,0.5; 0 = dense), with the
+    /// thresholds of --thresholds (see `dino run --help`).
+    #[arg(long = "sparsity", value_name = "P")]
+    sparsity: Vec<String>,
+    /// Activation thresholds for --sparsity, from `dino calibrate --save-thresholds FILE`.
+    #[arg(long = "thresholds", value_name = "FILE")]
+    thresholds: Option<PathBuf>,
     /// Thread counts (default: all cores).
     #[arg(short = 't', long = "threads", value_name = "N")]
     threads: Vec<String>,
@@ -216,6 +223,9 @@ struct Plan {
     n_ubatch: Vec<usize>,
     threads: Vec<usize>,
     repack: Vec<bool>,
+    /// Activation sparsity levels (0: dense) and their thresholds.
+    sparsity: Vec<f32>,
+    thresholds: Option<dino_engine::sparsity::Thresholds>,
     type_k: Vec<KvType>,
     type_v: Vec<KvType>,
     n_depth: Vec<usize>,
@@ -245,6 +255,29 @@ impl Plan {
             bail!("--repack: {bad} is not 0 or 1");
         }
         let repack = repack.into_iter().map(|r| r == 1).collect();
+        let mut sparsity = Vec::new();
+        for v in a.sparsity.iter().flat_map(|v| v.split(',')) {
+            let p: f32 = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--sparsity: {v:?} is not a number"))?;
+            if !(0.0..=0.99).contains(&p) {
+                bail!("--sparsity: {p} is not between 0 and 0.99");
+            }
+            sparsity.push(p);
+        }
+        if sparsity.is_empty() {
+            sparsity.push(0.0);
+        }
+        let thresholds = match &a.thresholds {
+            Some(t) => Some(dino_engine::sparsity::Thresholds::load(t)?),
+            None if sparsity.iter().any(|&p| p > 0.0) => {
+                bail!(
+                    "--sparsity needs --thresholds FILE (from `dino calibrate --save-thresholds`)"
+                )
+            }
+            None => None,
+        };
         if a.reps == 0 {
             bail!("-r: at least 1 repetition is needed");
         }
@@ -269,6 +302,8 @@ impl Plan {
             n_ubatch,
             threads,
             repack,
+            sparsity,
+            thresholds,
             type_k,
             type_v,
             n_depth,
@@ -286,22 +321,25 @@ impl Plan {
     fn instances(&self) -> Vec<Instance> {
         let mut v = Vec::new();
         for model in 0..self.models.len() {
-            for &repack in &self.repack {
-                for &n_batch in &self.n_batch {
-                    for &n_ubatch in &self.n_ubatch {
-                        for &k in &self.type_k {
-                            for &vt in &self.type_v {
-                                for &threads in &self.threads {
-                                    for &n_depth in &self.n_depth {
-                                        v.push(Instance {
-                                            model,
-                                            repack,
-                                            n_batch,
-                                            n_ubatch,
-                                            kv_types: KvTypes { k, v: vt },
-                                            threads,
-                                            n_depth,
-                                        });
+            for sparsity in 0..self.sparsity.len() {
+                for &repack in &self.repack {
+                    for &n_batch in &self.n_batch {
+                        for &n_ubatch in &self.n_ubatch {
+                            for &k in &self.type_k {
+                                for &vt in &self.type_v {
+                                    for &threads in &self.threads {
+                                        for &n_depth in &self.n_depth {
+                                            v.push(Instance {
+                                                model,
+                                                sparsity,
+                                                repack,
+                                                n_batch,
+                                                n_ubatch,
+                                                kv_types: KvTypes { k, v: vt },
+                                                threads,
+                                                n_depth,
+                                            });
+                                        }
                                     }
                                 }
                             }
@@ -319,6 +357,8 @@ impl Plan {
 struct Instance {
     /// Index into `Plan::models`.
     model: usize,
+    /// Index into `Plan::sparsity`.
+    sparsity: usize,
     repack: bool,
     n_batch: usize,
     n_ubatch: usize,
@@ -331,6 +371,7 @@ struct Instance {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Load {
     model: usize,
+    sparsity: usize,
     repack: bool,
     threads: usize,
 }
@@ -406,6 +447,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
             type_k: plan.type_k != [KvType::F16],
             type_v: plan.type_v != [KvType::F16],
             repack: plan.repack != [true],
+            sparsity: plan.sparsity != [0.0],
         }),
         n_printed: 0,
     };
@@ -426,6 +468,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
     for inst in plan.instances() {
         let load = Load {
             model: inst.model,
+            sparsity: inst.sparsity,
             repack: inst.repack,
             threads: inst.threads,
         };
@@ -451,6 +494,10 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                         warm_up: true,
                         no_repack: !load.repack,
                         quant: plan.quant,
+                        sparsity: match (plan.sparsity[load.sparsity], &plan.thresholds) {
+                            (p, Some(t)) if p > 0.0 => Some(t.sparsity(p)?),
+                            _ => None,
+                        },
                         ..Default::default()
                     },
                 )
@@ -497,6 +544,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<()> {
                 isa: isa_name().to_string(),
                 repack: load.repack,
                 kv_cache_bytes: m.kv_cache_bytes,
+                sparsity: plan.sparsity[load.sparsity],
+                measured_sparsity: engine.model.measured_sparsity(),
             };
             printer
                 .record(&mut out, &record)

@@ -214,9 +214,28 @@ struct ModelArgs {
         default_value = "f16"
     )]
     cache_type_v: dino_engine::KvType,
+    /// Activation sparsity: zero this share of each layer matrix's smallest inputs (0..0.99,
+    /// e.g. 0.4), by the per-matrix thresholds of --thresholds (TEAL; training-free).
+    #[arg(long = "sparsity", value_name = "P", requires = "thresholds")]
+    sparsity: Option<f32>,
+    /// Activation thresholds for --sparsity, from `dino calibrate --save-thresholds FILE`.
+    #[arg(long = "thresholds", value_name = "FILE")]
+    thresholds: Option<PathBuf>,
 }
 
 impl ModelArgs {
+    /// The `--sparsity` thresholds (`None`: dense).
+    fn sparsity(&self) -> Result<Option<dino_engine::sparsity::Sparsity>> {
+        let (Some(level), Some(path)) = (self.sparsity, &self.thresholds) else {
+            if self.thresholds.is_some() {
+                bail!("--thresholds is read with --sparsity P: give the share of inputs to zero");
+            }
+            return Ok(None);
+        };
+        let t = dino_engine::sparsity::Thresholds::load(path)?;
+        Ok(Some(t.sparsity(level)?))
+    }
+
     fn kv_types(&self) -> dino_engine::KvTypes {
         dino_engine::KvTypes {
             k: self.cache_type_k,
@@ -367,6 +386,15 @@ struct CalibrateArgs {
     /// Tokens per forward batch.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch: usize,
+    /// Also write each layer matrix's input-magnitude quantiles here: the thresholds of
+    /// `--sparsity P --thresholds FILE`.
+    #[arg(long = "save-thresholds", value_name = "FILE")]
+    save_thresholds: Option<PathBuf>,
+    /// With --save-thresholds: choose each input's level for rising overall sparsity by
+    /// measured KL divergence on this many tokens of the text (TEAL's greedy allocation; 0: one
+    /// level for every matrix).
+    #[arg(long = "sparsity-tokens", value_name = "N", default_value_t = 256)]
+    sparsity_tokens: usize,
 }
 
 #[derive(Args)]
@@ -465,6 +493,7 @@ fn load_engine(m: &ModelArgs) -> Result<Engine> {
             quant: m.quant,
             progress: true,
             kv_types: m.kv_types(),
+            sparsity: m.sparsity()?,
         },
     )
     .with_context(|| format!("loading {}", path.display()))?;
@@ -560,6 +589,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         kv.types(),
         engine.pool.n_threads()
     );
+    report_sparsity(&engine);
     if a.json_stats {
         eprintln!(
             "{{\"load_ms\":{:.3},\"prompt_tokens\":{},\"prompt_tps\":{:.3},\"ttft_ms\":{:.3},\"gen_tokens\":{},\"gen_tps\":{:.3},\"peak_rss_bytes\":{},\"kv_cache_bytes\":{},\"type_k\":\"{}\",\"type_v\":\"{}\",\"seed\":{seed},\"tokens\":{:?}}}",
@@ -782,17 +812,40 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.file)
-        .with_context(|| format!("reading {}", a.file.display()))?;
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    let engine = load_engine(&a.model)?;
-    let n_ctx = a.model.ctx_size.unwrap_or(512);
+/// The text of `-f FILE` for perplexity and calibration: as llama.cpp's `-f`, one trailing
+/// newline is dropped.
+fn read_eval_text(file: &std::path::Path) -> Result<String> {
+    let mut text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    Ok(text)
+}
+
+/// The context (`-c`, default 512 as llama-perplexity) and chunking of perplexity and calibration.
+fn eval_options(
+    model: &ModelArgs,
+    chunks: Option<usize>,
+    batch: usize,
+) -> (usize, PerplexityOptions) {
+    let n_ctx = model.ctx_size.unwrap_or(512);
     let opts = PerplexityOptions {
         n_ctx,
-        max_chunks: a.chunks,
-        n_batch: a.batch.min(n_ctx),
+        max_chunks: chunks,
+        n_batch: batch.min(n_ctx),
     };
+    (n_ctx, opts)
+}
+
+fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
+    if a.model.sparsity.is_some() {
+        bail!("calibrate measures the dense model: drop --sparsity");
+    }
+    let text = read_eval_text(&a.file)?;
+    let text = text.as_str();
+    let engine = load_engine(&a.model)?;
+    let (n_ctx, opts) = eval_options(&a.model, a.chunks, a.batch);
     eprintln!("calibrate: n_ctx = {n_ctx}, collecting activation statistics");
     let mut err = std::io::stderr();
     let (im, r) = dino_engine::imatrix::calibrate(
@@ -810,6 +863,40 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
     )?;
     im.save(&a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
+    if let Some(t) = &a.save_thresholds {
+        let mut th = r.thresholds.clone();
+        if a.sparsity_tokens > 0 {
+            let mut tokens = engine.tokenizer.encode(text, true, false)?;
+            if tokens.len() < a.sparsity_tokens {
+                bail!(
+                    "--sparsity-tokens {}: the text has {} tokens",
+                    a.sparsity_tokens,
+                    tokens.len()
+                );
+            }
+            tokens.truncate(a.sparsity_tokens);
+            eprintln!(
+                "sparsity schedule: raising the input ({}) whose next 10 % costs the least KL \
+                 divergence per skipped weight, on {} tokens",
+                dino_engine::sparsity::SITES.join(", "),
+                tokens.len()
+            );
+            th.schedule =
+                dino_engine::sparsity::schedule(&engine, &th, &tokens, 0.1, 0.8, |o, lv, k| {
+                    eprintln!(
+                        "  overall {:.3}: levels {:.1} {:.1} {:.1} {:.1}, KLD {k:.5}",
+                        o, lv[0], lv[1], lv[2], lv[3]
+                    )
+                })?;
+        }
+        th.save(t)
+            .with_context(|| format!("writing {}", t.display()))?;
+        eprintln!(
+            "wrote {}: input thresholds of {} matrices",
+            t.display(),
+            th.table.len()
+        );
+    }
     let p = &r.perplexity;
     eprintln!(
         "wrote {}: {} matrices, {} chunks of {n_ctx} tokens; PPL = {:.4} +/- {:.5}; {:.1} s, \
@@ -828,20 +915,15 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
 }
 
 fn cmd_ppl(a: PplArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.file)
-        .with_context(|| format!("reading {}", a.file.display()))?;
-    // As llama.cpp's `-f`: one trailing newline is dropped.
-    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = read_eval_text(&a.file)?;
+    let text = text.as_str();
     let engine = load_engine(&a.model)?;
-    let n_ctx = a.model.ctx_size.unwrap_or(512);
-    let opts = PerplexityOptions {
-        n_ctx,
-        max_chunks: a.chunks,
-        n_batch: a.batch.min(n_ctx),
-    };
+    let (n_ctx, opts) = eval_options(&a.model, a.chunks, a.batch);
     if let Some(b) = &a.kl_base {
         let base = load_engine(&ModelArgs {
             model: Some(b.clone()),
+            sparsity: None,
+            thresholds: None,
             ..a.model.clone()
         })
         .with_context(|| format!("loading the KL-divergence base {b}"))?;
@@ -880,6 +962,7 @@ fn cmd_ppl(a: PplArgs) -> Result<()> {
                 .map(fmt_bytes)
                 .unwrap_or_else(|| "unavailable".into())
         );
+        report_sparsity(&engine);
         return Ok(());
     }
     eprintln!(
@@ -908,5 +991,16 @@ fn cmd_ppl(a: PplArgs) -> Result<()> {
             .unwrap_or_else(|| "unavailable".into())
     );
     println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
+    report_sparsity(&engine);
     Ok(())
+}
+
+/// With `--sparsity`: the target and the measured share of skipped weights (stderr).
+fn report_sparsity(engine: &Engine) {
+    if let Some(m) = engine.model.measured_sparsity() {
+        eprintln!(
+            "activation sparsity: {:.1} % of the sparsified matrices' weights had a zero input",
+            100.0 * m
+        );
+    }
 }

@@ -227,7 +227,7 @@ fn check_bench_object(o: &serde_json::Value) {
     }
     let n_fields = LLAMA_BENCH_FIELDS.len();
     let obj = o.as_object().unwrap();
-    // llama-bench's 42 fields, its two sample arrays, and Dino's four dino_* fields.
+    // llama-bench's 42 fields, its two sample arrays, and Dino's six dino_* fields.
     assert_eq!(n_fields, 42);
     assert_eq!(
         obj.len(),
@@ -235,8 +235,11 @@ fn check_bench_object(o: &serde_json::Value) {
         "{:?}",
         obj.keys()
     );
-    assert_eq!(DINO_FIELDS.len(), 4);
+    assert_eq!(DINO_FIELDS.len(), 6);
     assert!(o["dino_kv_cache_bytes"].as_u64().is_some_and(|b| b > 0));
+    // A dense run: sparsity 0, nothing measured.
+    assert_eq!(o["dino_sparsity"].as_f64(), Some(0.0));
+    assert!(o["dino_measured_sparsity"].is_null());
     let ns = o["samples_ns"].as_array().unwrap();
     let ts = o["samples_ts"].as_array().unwrap();
     assert_eq!(ns.len(), 2);
@@ -727,4 +730,128 @@ fn calibrate_then_quantize_with_imatrix_and_budget() {
         "{}",
         text(&o).1
     );
+}
+
+#[test]
+fn sparsity_thresholds_run_perplexity_and_bench() {
+    let m = tiny_model();
+    let m = m.to_str().unwrap();
+    let hamlet = dino_testutil::hamlet();
+    let hamlet = hamlet.to_str().unwrap();
+    let th = tmp("tiny.thresholds");
+    let th = th.to_str().unwrap();
+    let o = dino(&[
+        "calibrate",
+        "-m",
+        m,
+        "-f",
+        hamlet,
+        "-c",
+        "64",
+        "--chunks",
+        "2",
+        "-o",
+        tmp("tiny-sp.imatrix").to_str().unwrap(),
+        "--save-thresholds",
+        th,
+        "--sparsity-tokens",
+        "64",
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("input thresholds of 14 matrices"), "{err}");
+    assert!(
+        err.contains("sparsity schedule") && err.contains("overall"),
+        "{err}"
+    );
+    let saved = std::fs::read_to_string(th).unwrap();
+    assert!(saved.contains("#schedule\t"), "{saved}");
+    // Decode through the column layouts, with the measured share reported.
+    let o = dino(&[
+        "run",
+        "-m",
+        m,
+        "-p",
+        "hello world",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "--sparsity",
+        "0.4",
+        "--thresholds",
+        th,
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.starts_with("hello world"), "{out}");
+    assert!(err.contains("activation sparsity:"), "{err}");
+    // The cost against the dense model.
+    let o = dino(&[
+        "perplexity",
+        "-m",
+        m,
+        "-f",
+        hamlet,
+        "-c",
+        "64",
+        "--chunks",
+        "2",
+        "--sparsity",
+        "0.4",
+        "--thresholds",
+        th,
+        "--kl-divergence-base",
+        m,
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("Mean    KLD:") && err.contains("activation sparsity:"),
+        "{out}{err}"
+    );
+    // bench: one row per level, a sparsity column.
+    let o = dino(&[
+        "bench",
+        "-m",
+        m,
+        "-p",
+        "0",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "-t",
+        "1",
+        "--sparsity",
+        "0,0.4",
+        "--thresholds",
+        th,
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("sparsity") && out.contains("0.40") && out.contains("0.00"),
+        "{out}"
+    );
+    // Bad input: clear errors.
+    for (args, want) in [
+        (vec!["--sparsity", "0.4"], "--thresholds"),
+        (
+            vec!["--sparsity", "1.5", "--thresholds", th],
+            "between 0 and 0.99",
+        ),
+        (vec!["--thresholds", th], "--sparsity"),
+        (
+            vec!["--sparsity", "0.4", "--thresholds", hamlet],
+            "not a thresholds file",
+        ),
+    ] {
+        let mut a = vec!["run", "-m", m, "-p", "hi", "-n", "2"];
+        a.extend(args.iter());
+        let o = dino(&a);
+        let (_, err) = text(&o);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+    }
 }

@@ -3,29 +3,16 @@
 //! `tests/quantize.rs`), and a quick way to diff two quantizations.
 //!
 //! `cargo run --release -p dino-engine --example tensor_hashes -- FILE.gguf`
-use dino_formats::gguf::GgufFile;
-
 fn main() {
     let Some(path) = std::env::args().nth(1) else {
         eprintln!("usage: tensor_hashes FILE.gguf");
         std::process::exit(2);
     };
-    let f = GgufFile::open(&path).unwrap_or_else(|e| {
-        eprintln!("{path}: {e}");
-        std::process::exit(1);
-    });
-    for t in f.tensors() {
-        println!(
-            "{} {} {:016x}",
-            t.name,
-            t.ty.name(),
-            fnv1a(f.tensor_data(t))
-        );
+    match dino_testutil::tensor_hashes(std::path::Path::new(&path)) {
+        Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+        Err(e) => {
+            eprintln!("{path}: {e}");
+            std::process::exit(1);
+        }
     }
-}
-
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ x as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }

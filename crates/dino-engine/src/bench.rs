@@ -108,11 +108,13 @@ pub fn llama_bench_field_type(field: &str) -> &'static str {
 }
 
 /// Dino's fields, after `samples_ns` and `samples_ts`.
-pub const DINO_FIELDS: [&str; 4] = [
+pub const DINO_FIELDS: [&str; 6] = [
     "dino_peak_rss_bytes",
     "dino_energy_j_per_token",
     "dino_isa",
     "dino_kv_cache_bytes",
+    "dino_sparsity",
+    "dino_measured_sparsity",
 ];
 
 /// `llama-bench`'s defaults for `-b` and `-ub`.
@@ -515,6 +517,11 @@ pub struct BenchRecord {
     pub repack: bool,
     /// Bytes of the test's KV cache.
     pub kv_cache_bytes: u64,
+    /// Target activation sparsity (`--sparsity`; 0: dense).
+    pub sparsity: f32,
+    /// With sparsity: the share of the sparsified matrices' weights whose input was zero, over
+    /// the engine's passes so far.
+    pub measured_sparsity: Option<f64>,
 }
 
 /// A field value with `llama-bench`'s JSON type.
@@ -705,6 +712,8 @@ impl BenchRecord {
             FieldValue::OptFloat(self.energy_j_per_token()),
             FieldValue::Str(self.isa.clone()),
             FieldValue::Int(self.kv_cache_bytes as i128),
+            FieldValue::Float(self.sparsity as f64),
+            FieldValue::OptFloat(self.measured_sparsity),
         ];
         DINO_FIELDS.into_iter().zip(values).collect()
     }
@@ -786,6 +795,7 @@ pub struct OptionalColumns {
     pub type_k: bool,
     pub type_v: bool,
     pub repack: bool,
+    pub sparsity: bool,
 }
 
 impl MarkdownTable {
@@ -797,6 +807,7 @@ impl MarkdownTable {
             (show.type_k, "type_k"),
             (show.type_v, "type_v"),
             (show.repack, "repack"),
+            (show.sparsity, "sparsity"),
         ] {
             if on {
                 columns.push(col);
@@ -816,6 +827,7 @@ impl MarkdownTable {
             "n_threads" | "n_batch" => 7,
             "n_ubatch" => 8,
             "repack" => 3,
+            "sparsity" => 8,
             "test" => 15,
             "backend" => -10,
             "J/token" => 9,
@@ -890,6 +902,7 @@ impl MarkdownTable {
                 "n_batch" => r.spec.n_batch.to_string(),
                 "n_ubatch" => r.spec.n_ubatch.to_string(),
                 "repack" => u8::from(r.repack).to_string(),
+                "sparsity" => format!("{:.2}", r.sparsity),
                 "type_k" => r.spec.kv_types.k.name().to_string(),
                 "type_v" => r.spec.kv_types.v.name().to_string(),
                 "KV cache" => format!("{:.1} MiB", r.kv_cache_bytes as f64 / 1048576.0),
@@ -944,6 +957,8 @@ mod tests {
             isa: "avx2".into(),
             repack: true,
             kv_cache_bytes: 3 << 20,
+            sparsity: 0.0,
+            measured_sparsity: None,
         }
     }
 
@@ -1056,12 +1071,15 @@ mod tests {
         let r = record();
         let header = BenchRecord::csv_header();
         let row = r.to_csv();
-        assert_eq!(header.split(',').count(), 46);
+        assert_eq!(header.split(',').count(), 48);
         assert!(
             row.starts_with("\"abc1234\",\"12\",\"Test \"\"CPU\"\"\","),
             "{row}"
         );
-        assert!(row.ends_with(",\"avx2\",\"3145728\""), "{row}");
+        assert!(
+            row.ends_with(",\"avx2\",\"3145728\",\"0.000000\",\"\""),
+            "{row}"
+        );
     }
 
     #[test]
@@ -1087,18 +1105,20 @@ mod tests {
             type_k: true,
             type_v: true,
             repack: true,
+            sparsity: true,
         });
         assert!(
             t.header()
-                .contains("| n_batch | n_ubatch | type_k | type_v | rpk |"),
+                .contains("| n_batch | n_ubatch | type_k | type_v | rpk | sparsity |"),
             "{}",
             t.header()
         );
         let mut r = record();
         r.spec.kv_types.k = crate::KvType::Q8_0;
+        r.sparsity = 0.4;
         assert!(t
             .row(&r)
-            .contains("|    2048 |      512 |   q8_0 |    f16 |   1 |"));
+            .contains("|    2048 |      512 |   q8_0 |    f16 |   1 |     0.40 |"));
     }
 
     #[test]

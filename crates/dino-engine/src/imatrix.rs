@@ -264,15 +264,11 @@ impl Imatrix {
             )));
         }
         let c = e.counts[0];
-        if self.legacy {
-            return Ok(Some(if c > 0.0 {
-                e.sums.iter().map(|s| s / c).collect()
-            } else {
-                e.sums.clone()
-            }));
-        }
         Ok(Some(if c > 0.0 {
             e.sums.iter().map(|s| s / c).collect()
+        } else if self.legacy {
+            // A legacy entry without calls is used as stored (llama-quantize reads it so).
+            e.sums.clone()
         } else {
             vec![1.0; ne0]
         }))
@@ -286,6 +282,8 @@ pub struct CalibrateReport {
     pub perplexity: PerplexityResult,
     /// Matrices with statistics.
     pub n_entries: usize,
+    /// Each matrix's input-magnitude quantiles (for `--sparsity`).
+    pub thresholds: crate::sparsity::Thresholds,
 }
 
 /// Runs `engine` over `text` in chunks of `opts.n_ctx` tokens (llama-imatrix's chunking, which
@@ -300,10 +298,12 @@ pub fn calibrate(
 ) -> Result<(Imatrix, CalibrateReport)> {
     let mut acc: BTreeMap<String, (Vec<f32>, f64)> = BTreeMap::new();
     let mut bad: Option<String> = None;
+    let mut magnitudes = crate::sparsity::MagnitudeStats::default();
     let mut obs = |names: &[&str], rows: &[f32], n: usize| {
         if n == 0 || bad.is_some() {
             return;
         }
+        magnitudes.add(names, rows);
         let width = rows.len() / n;
         let mut sq = vec![0f32; width];
         for row in rows.chunks_exact(width) {
@@ -356,6 +356,7 @@ pub fn calibrate(
             legacy: false,
         },
         CalibrateReport {
+            thresholds: magnitudes.thresholds(ppl.n_chunks * opts.n_ctx, dataset),
             perplexity: ppl,
             n_entries,
         },

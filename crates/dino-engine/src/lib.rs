@@ -59,6 +59,7 @@ pub mod mixed;
 mod perplexity;
 pub mod quantize;
 pub mod sampler;
+pub mod sparsity;
 
 pub use dino_models::{Batch, KvCache, KvType, KvTypes, Logits, Model, ModelInfo};
 pub use dino_tokenizer::Tokenizer;
@@ -99,6 +100,8 @@ pub struct EngineOptions {
     /// Element types of the KV caches [`Engine::new_kv`] makes (`--cache-type-k/-v`; default
     /// f16). Quantized types need a head size that is a multiple of 32: checked at load.
     pub kv_types: KvTypes,
+    /// Activation sparsity (`--sparsity` with a thresholds file); `None`: dense.
+    pub sparsity: Option<dino_models::Sparsity>,
 }
 
 /// A loaded model with its tokenizer and thread pool.
@@ -151,8 +154,9 @@ impl Engine {
         let model = dino_models::load(
             file.clone(),
             &LoadOptions {
-                pool: pool.clone(),
                 no_repack: opts.no_repack,
+                sparsity: opts.sparsity.clone().map(Arc::new),
+                ..LoadOptions::new(pool.clone())
             },
         )?;
         if tokenizer.n_vocab() > model.info().hparams.n_vocab {

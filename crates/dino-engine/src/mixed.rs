@@ -20,7 +20,7 @@
 //! The sensitivities can be kept in a file (`--sensitivity FILE`) so that several budgets are
 //! tried without measuring again.
 
-use crate::perplexity::log_probs;
+use crate::perplexity::{kld_of_log_probs, log_probs};
 use crate::quantize::{convert_tensor, is_quantized, quantizable};
 use crate::stderr_progress;
 use dino_core::{Error, GgmlType, Result};
@@ -129,8 +129,8 @@ pub fn measure(
         let model = dino_models::load(
             Arc::new(file),
             &LoadOptions {
-                pool: pool.clone(),
                 no_repack: true,
+                ..LoadOptions::new(pool.clone())
             },
         )?;
         let mut kv = KvCache::new(model.kv_shape(), ctx, 1)?;
@@ -159,12 +159,7 @@ pub fn measure(
         let mut sum = 0.0;
         for (row, lp) in logits.chunks_exact(n_vocab).zip(&reference) {
             log_probs(row, &mut lq);
-            let k: f64 = lp
-                .iter()
-                .zip(&lq)
-                .map(|(&b, &q)| if b > -700.0 { b.exp() * (b - q) } else { 0.0 })
-                .sum();
-            sum += k.max(0.0);
+            sum += kld_of_log_probs(lp, &lq);
         }
         sum / reference.len() as f64
     };

@@ -190,6 +190,17 @@ pub(crate) fn log_probs(row: &[f32], out: &mut Vec<f64>) {
     out.extend(row.iter().map(|&x| x as f64 - max - log_sum));
 }
 
+/// `KL(p ‖ q)` of two log-probability rows (from [`log_probs`]), clamped at 0; terms where
+/// `p` underflows (`ln p <= -700`) count 0.
+pub(crate) fn kld_of_log_probs(lp: &[f64], lq: &[f64]) -> f64 {
+    let k: f64 = lp
+        .iter()
+        .zip(lq)
+        .map(|(&b, &q)| if b > -700.0 { b.exp() * (b - q) } else { 0.0 })
+        .sum();
+    k.max(0.0)
+}
+
 fn argmax(row: &[f64]) -> usize {
     let mut best = 0;
     for (i, &x) in row.iter().enumerate() {
@@ -265,12 +276,7 @@ pub fn kl_divergence(
             let target = tokens[start + p + 1] as usize;
             log_probs(&base_rows[p - first], &mut lp);
             log_probs(row, &mut lq);
-            let kld: f64 = lp
-                .iter()
-                .zip(&lq)
-                .map(|(&b, &q)| if b > -700.0 { b.exp() * (b - q) } else { 0.0 })
-                .sum();
-            klds.push(kld.max(0.0));
+            klds.push(kld_of_log_probs(&lp, &lq));
             nll_b -= lp[target];
             nll_q -= lq[target];
             let d = lq[target] - lp[target];

@@ -14,25 +14,8 @@ use dino_engine::{Engine, EngineOptions, PerplexityOptions};
 use dino_formats::gguf::GgufFile;
 use std::path::Path;
 
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ x as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 fn hashes(path: &Path) -> Vec<String> {
-    let f = GgufFile::open(path).unwrap();
-    f.tensors()
-        .iter()
-        .map(|t| {
-            format!(
-                "{} {} {:016x}",
-                t.name,
-                t.ty.name(),
-                fnv1a(f.tensor_data(t))
-            )
-        })
-        .collect()
+    dino_testutil::tensor_hashes(path).unwrap()
 }
 
 fn opts(ftype: Ftype, imatrix: Option<Imatrix>) -> QuantizeOptions {
@@ -72,7 +55,7 @@ fn synthetic(file: &GgufFile) -> Imatrix {
         if !t.name.starts_with("blk.") || t.dims.len() != 2 {
             continue;
         }
-        let mut x = fnv1a(t.name.as_bytes()) | 1;
+        let mut x = dino_testutil::fnv1a(t.name.as_bytes()) | 1;
         let sums = (0..t.dims[0])
             .map(|j| {
                 x ^= x << 13;
@@ -126,27 +109,21 @@ fn imatrix_quantization_equals_llama_quantize() {
         assert!(r.with_imatrix > 0);
         // The token embedding (the tied output head) has no entry, as in llama-imatrix's files.
         assert_eq!(r.without_imatrix, vec!["token_embd.weight".to_string()]);
-        let golden = dino_testutil::repo_root().join(format!(
-            "crates/dino-engine/tests/data/quantize_imatrix_smollm2_{}.txt",
-            ft.name().to_ascii_lowercase()
-        ));
-        let want: Vec<String> = std::fs::read_to_string(&golden)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let got = hashes(&out);
-        assert_eq!(got.len(), want.len(), "{}: tensor count", ft.name());
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g, w, "{}: tensor differs from llama-quantize's", ft.name());
-        }
+        dino_testutil::assert_tensors_match_golden(
+            &out,
+            &format!(
+                "quantize_imatrix_smollm2_{}.txt",
+                ft.name().to_ascii_lowercase()
+            ),
+            ft.name(),
+        );
         // Without the imatrix the weighted tensors come out differently.
         if ft == Ftype::Q3_K_M {
             let plain = dir.path().join("plain.gguf");
             quantize(&f16, &plain, &opts(ft, None)).unwrap();
             let differ = hashes(&plain)
                 .iter()
-                .zip(&got)
+                .zip(&hashes(&out))
                 .filter(|(a, b)| a != b)
                 .count();
             assert!(

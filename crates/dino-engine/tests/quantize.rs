@@ -20,27 +20,6 @@ fn opts(ftype: Ftype) -> QuantizeOptions {
     }
 }
 
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ x as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn hashes(path: &Path) -> Vec<String> {
-    let f = GgufFile::open(path).unwrap();
-    f.tensors()
-        .iter()
-        .map(|t| {
-            format!(
-                "{} {} {:016x}",
-                t.name,
-                t.ty.name(),
-                fnv1a(f.tensor_data(t))
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn quantized_tensors_equal_llama_quantize() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,20 +38,11 @@ fn quantized_tensors_equal_llama_quantize() {
     for ft in [Ftype::Q8_0, Ftype::Q4_K_M, Ftype::Q3_K_M] {
         let out = dir.path().join(format!("smol-{}.gguf", ft.name()));
         let r = quantize(&f16, &out, &opts(ft)).unwrap();
-        let golden = dino_testutil::repo_root().join(format!(
-            "crates/dino-engine/tests/data/quantize_smollm2_{}.txt",
-            ft.name().to_ascii_lowercase()
-        ));
-        let want: Vec<String> = std::fs::read_to_string(&golden)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let got = hashes(&out);
-        assert_eq!(got.len(), want.len(), "{}: tensor count", ft.name());
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g, w, "{}: tensor differs from llama-quantize's", ft.name());
-        }
+        dino_testutil::assert_tensors_match_golden(
+            &out,
+            &format!("quantize_smollm2_{}.txt", ft.name().to_ascii_lowercase()),
+            ft.name(),
+        );
         assert_eq!(
             r.bytes_out,
             GgufFile::open(&out)

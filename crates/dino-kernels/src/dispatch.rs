@@ -241,6 +241,9 @@ pub struct OpKernels {
     pub rope: fn(&crate::ops::RopeParams, &mut [f32], usize, &[f32]),
     /// Walsh–Hadamard rotation of chunks of a power-of-two size (`ops::fwht`).
     pub fwht: fn(&mut [f32], usize),
+    /// A column-layout product over a sparse input, for a range of outputs
+    /// (`sparse::column_gemv_scalar`).
+    pub column_gemv: fn(&crate::sparse::ColumnView, &crate::sparse::SparsePlan, usize, &mut [f32]),
 }
 
 /// The op kernels of the level in use.
@@ -257,6 +260,7 @@ pub fn op_kernels_for(isa: Isa) -> Option<&'static OpKernels> {
         swiglu: crate::ops::swiglu_scalar,
         rope: crate::ops::RopeParams::apply_scalar,
         fwht: crate::ops::fwht_scalar,
+        column_gemv: crate::sparse::column_gemv_scalar,
     };
     match isa {
         Isa::Scalar => Some(&SCALAR),

@@ -5,6 +5,7 @@
 //! - `pool`: the persistent thread pool.
 //! - `matmul`: weight × activation products over any supported weight type.
 //! - `ops`: RMSNorm, RoPE, softmax, SwiGLU, attention.
+//! - `sparse`: column-major weights whose products skip the columns of zero inputs.
 
 pub mod dispatch;
 pub mod matmul;
@@ -12,6 +13,7 @@ pub mod ops;
 pub mod pool;
 pub mod quant;
 mod scalar;
+pub mod sparse;
 /// The row-interleaved repacked layouts and their activation format (the reference arithmetic).
 pub use scalar::panel;
 #[cfg(target_arch = "x86_64")]

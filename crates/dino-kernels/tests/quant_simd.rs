@@ -1041,7 +1041,7 @@ fn fwht_simd_equals_scalar() {
             }
         }
     };
-    for n in [2usize, 4, 8, 16, 64, 128, 256] {
+    for n in [2usize, 4, 8, 16, 32, 64, 128, 256, 512, 1024] {
         for scale in [1e-3f32, 1.0, 3e4, 3e37] {
             let x = rand_f32(&mut rng, 3 * n, scale);
             let mut want = x.clone();
@@ -1058,6 +1058,133 @@ fn fwht_simd_equals_scalar() {
                 let mut got = x.clone();
                 (op_kernels_for(isa).unwrap().fwht)(&mut got, n);
                 assert!(same(&got, &want), "{isa} n {n} scale {scale}");
+            }
+        }
+    }
+}
+
+/// The column-layout kernel (activation sparsity): every level equals the scalar twin bit for
+/// bit, on random, extreme and all-equal weights and inputs, zero blocks and lone inputs.
+#[test]
+fn column_gemv_simd_equals_scalar() {
+    use dino_kernels::dispatch::op_kernels_for;
+    use dino_kernels::matmul::QMatrix;
+    use dino_kernels::pool::ThreadPool;
+    use dino_kernels::sparse::{column_gemv_scalar, ColumnMatrix, SparsePlan};
+    let mut rng = StdRng::seed_from_u64(77);
+    let pool = ThreadPool::new(1);
+    let (n_in, n_out) = (96usize, 208usize);
+    for case in 0..6 {
+        let w: Vec<f32> = match case {
+            0 => rand_f32(&mut rng, n_in * n_out, 1.0),
+            1 => rand_f32(&mut rng, n_in * n_out, 6e4),
+            2 => vec![1.0; n_in * n_out],
+            _ => rand_f32(&mut rng, n_in * n_out, 1e-3),
+        };
+        let wb: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let m = QMatrix::new("w", &wb, F32, n_in, n_out).unwrap();
+        let c = ColumnMatrix::from_matrices(&pool, &[&m]).unwrap();
+        let mut x = rand_f32(&mut rng, n_in, [1.0, 3e4, 1.0, 1e-30, 1.0, 1.0][case]);
+        match case {
+            3 => x[32..64].fill(0.0),                         // a block with no input
+            4 => x.iter_mut().skip(1).for_each(|v| *v = 0.0), // one input in all
+            5 => x.iter_mut().step_by(3).for_each(|v| *v = 0.0),
+            _ => {}
+        }
+        let mut plan = SparsePlan::default();
+        c.plan(&x, &mut plan);
+        for (j0, len) in [(0usize, n_out), (16, 64), (64, 144), (192, 16)] {
+            let mut want = vec![0f32; len];
+            column_gemv_scalar(&c.view(), &plan, j0, &mut want);
+            for isa in simd_levels() {
+                let mut got = vec![f32::NAN; len];
+                (op_kernels_for(isa).unwrap().column_gemv)(&c.view(), &plan, j0, &mut got);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "{isa} case {case} outputs {j0}+{len}");
+            }
+        }
+    }
+}
+
+/// The sparse product equals its dense twin on the same zeroed inputs: `ColumnMatrix::gemv`
+/// against the product over the column matrix's own weights with the plan's quantized inputs
+/// (f64), and against the source matrices' dense product within the rounding of int8
+/// activations.
+#[test]
+fn sparse_gemv_equals_its_dense_twin() {
+    use dino_kernels::matmul::{self, MatmulScratch, QMatrix};
+    use dino_kernels::pool::ThreadPool;
+    use dino_kernels::sparse::{ColumnMatrix, SparsePlan};
+    let mut rng = StdRng::seed_from_u64(78);
+    let pool = ThreadPool::new(2);
+    let (n_in, n_a, n_b) = (256usize, 96usize, 160usize);
+    for t in [Q8_0, Q4_0, Q4_K, Q6_K] {
+        let src_a = rand_f32(&mut rng, n_in * n_a, 1.0);
+        let src_b = rand_f32(&mut rng, n_in * n_b, 1.0);
+        let q = |src: &[f32], rows: usize| {
+            let rb = t.row_size(n_in as u64).unwrap() as usize;
+            let mut out = vec![0u8; rb * rows];
+            for (s, d) in src.chunks_exact(n_in).zip(out.chunks_exact_mut(rb)) {
+                dino_kernels::quant::quantize_row(t, s, d).unwrap();
+            }
+            out
+        };
+        let (ba, bb) = (q(&src_a, n_a), q(&src_b, n_b));
+        let ma = QMatrix::new("a", &ba, t, n_in, n_a).unwrap();
+        let mb = QMatrix::new("b", &bb, t, n_in, n_b).unwrap();
+        let c = ColumnMatrix::from_matrices(&pool, &[&ma, &mb]).unwrap();
+        let n_out = n_a + n_b;
+        for sparsity in [0.0f32, 0.5, 0.9, 1.0] {
+            let mut x = rand_f32(&mut rng, n_in, 2.0);
+            let thr = 2.0 * sparsity;
+            x.iter_mut()
+                .filter(|v| v.abs() < thr)
+                .for_each(|v| *v = 0.0);
+            let mut y = vec![f32::NAN; n_out];
+            let mut plan = SparsePlan::default();
+            c.gemv(&pool, &x, &mut y, &mut plan);
+            let n_read: usize = plan
+                .groups
+                .iter()
+                .map(|g| g.0.iter().collect::<std::collections::BTreeSet<_>>().len())
+                .sum();
+            assert!(n_read <= x.iter().filter(|v| **v != 0.0).count());
+            // The plan's quantized inputs.
+            let mut xq = vec![0f64; n_in];
+            for b in &plan.blocks {
+                for (idx, v) in &plan.groups[b.g0 as usize..b.g1 as usize] {
+                    for (k, &i) in idx.iter().enumerate() {
+                        let q = v.to_le_bytes()[k] as i8;
+                        if q != 0 {
+                            xq[i as usize] = q as f64 * b.dx as f64;
+                        }
+                    }
+                }
+            }
+            let mut dense = vec![0f32; n_out];
+            let mut mm = MatmulScratch::default();
+            matmul::matmul(&pool, &ma, &x, 1, &mut dense[..n_a], &mut mm);
+            matmul::matmul(&pool, &mb, &x, 1, &mut dense[n_a..], &mut mm);
+            for j in 0..n_out {
+                let twin: f64 = (0..n_in).map(|i| xq[i] * c.weight(j, i) as f64).sum();
+                let scale: f64 = (0..n_in)
+                    .map(|i| (x[i] as f64 * c.weight(j, i) as f64).abs())
+                    .sum::<f64>()
+                    + 1e-30;
+                assert!(
+                    ((y[j] as f64 - twin) / scale).abs() < 1e-5,
+                    "{t:?} sparsity {sparsity} out {j}: {} vs {twin}",
+                    y[j]
+                );
+                assert!(
+                    ((y[j] - dense[j]) as f64 / scale).abs() < 0.02,
+                    "{t:?} sparsity {sparsity} out {j}: {} vs dense {}",
+                    y[j],
+                    dense[j]
+                );
             }
         }
     }

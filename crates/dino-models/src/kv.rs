@@ -340,6 +340,31 @@ impl KvCache {
         }
     }
 
+    /// One position's key or value rows (`src`: `[n_kv_dim]`) as a cache of element type `ty`
+    /// stores them, each head's row in turn (`dst`: `n_head_kv` rows of `ty.row_bytes(head_dim)`
+    /// bytes), for [`KvCache::store_encoded`]: the conversion can then run on many threads.
+    pub fn encode(ty: KvType, head_dim: usize, src: &[f32], dst: &mut [u8]) {
+        let rb = dst.len() / (src.len() / head_dim).max(1);
+        for (s, d) in src.chunks_exact(head_dim).zip(dst.chunks_exact_mut(rb)) {
+            ty.quantize_row(s, d);
+        }
+    }
+
+    /// Store one position's key and value rows of layer `il` encoded by [`KvCache::encode`]
+    /// with this cache's types.
+    pub fn store_encoded(&mut self, il: usize, seq: usize, pos: usize, k: &[u8], v: &[u8]) {
+        let n_head_kv = self.shape.n_kv_dim / self.shape.head_dim;
+        let b = self.tables[seq][pos / KV_BLOCK] as usize;
+        let (uk, uv) = self.block_units;
+        for (buf, src, units) in [(&mut self.k[il], k, uk), (&mut self.v[il], v, uv)] {
+            let row = units / (KV_BLOCK * n_head_kv);
+            for (h, s) in src.chunks_exact(2 * row).enumerate().take(n_head_kv) {
+                let at = kv_row_offset(b, h, pos, n_head_kv, row);
+                units_as_bytes_mut(&mut buf[at..at + row]).copy_from_slice(s);
+            }
+        }
+    }
+
     /// Store one position's key and value rows (`[n_kv_dim]` each) for layer `il`, each head's
     /// row converted to the cache's type.
     pub fn store(&mut self, il: usize, seq: usize, pos: usize, k: &[f32], v: &[f32]) {
@@ -604,6 +629,24 @@ mod tests {
             kv.gather_f32(1, 1, 40, &mut k1, &mut v1);
             assert!(k1 == kg && v1 == vg, "{types}");
         }
+        // Rows encoded apart and stored as bytes are the rows `store` writes.
+        let types = KvTypes {
+            k: KvType::Q4_0,
+            v: KvType::F16,
+        };
+        let (mut a, mut b) = (
+            KvCache::with_types(shape, types, 32, 1).unwrap(),
+            KvCache::with_types(shape, types, 32, 1).unwrap(),
+        );
+        let (rk, rv) = types.row_bytes(shape).unwrap();
+        for pos in 0..20 {
+            a.store(1, 0, pos, &row(pos), &row(pos + 7));
+            let (mut ke, mut ve) = (vec![0u8; 2 * rk], vec![0u8; 2 * rv]);
+            KvCache::encode(types.k, 64, &row(pos), &mut ke);
+            KvCache::encode(types.v, 64, &row(pos + 7), &mut ve);
+            b.store_encoded(1, 0, pos, &ke, &ve);
+        }
+        assert!(a.k == b.k && a.v == b.v);
         // Head size 80: not a whole number of 32-value blocks.
         let odd = KvShape {
             n_layer: 1,

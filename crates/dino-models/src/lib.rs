@@ -7,10 +7,12 @@ pub mod blocks;
 mod config;
 mod kv;
 mod registry;
+pub mod sparsity;
 
 pub use config::HParams;
 pub use kv::{KvCache, KvShape, KvType, KvTypes, KV_BLOCK};
 pub use registry::{load, supported_architectures, LoadOptions};
+pub use sparsity::Sparsity;
 
 use dino_core::Result;
 
@@ -128,4 +130,19 @@ pub trait Model: Send + Sync {
     }
     /// Touch every weight page so the first request does not pay for page faults.
     fn warm_up(&self) {}
+    /// With activation sparsity ([`LoadOptions::sparsity`]): the share of the sparsified
+    /// matrices' weights whose inputs were zero, over every forward pass so far.
+    fn measured_sparsity(&self) -> Option<f64> {
+        None
+    }
+    /// Sets the activation-sparsity thresholds from the next forward pass on (`None`: dense).
+    /// Without column layouts (a model loaded without [`LoadOptions::sparsity`]) the dense
+    /// kernels run on the zeroed inputs: the same function, for calibration, not for speed.
+    fn set_sparsity(&self, s: Option<&Sparsity>) -> Result<()> {
+        let _ = s;
+        Err(dino_core::Error::Unsupported(format!(
+            "{}: this architecture has no activation sparsity",
+            self.info().arch
+        )))
+    }
 }

@@ -1,6 +1,6 @@
 //! Architecture registry: `general.architecture` → loader. Adding a family is one line here.
 
-use crate::{arch, Model};
+use crate::{arch, Model, Sparsity};
 use dino_core::{Error, Result};
 use dino_formats::gguf::GgufFile;
 use dino_kernels::pool::ThreadPool;
@@ -13,6 +13,9 @@ pub struct LoadOptions {
     /// Keep weights in the file's layout even where the kernel level has a faster repacked
     /// one (repacking changes float summation order; see `dino_kernels::matmul::repack`).
     pub no_repack: bool,
+    /// Activation sparsity: the inputs of the layer matrices below their thresholds are zeroed
+    /// (`None`: dense).
+    pub sparsity: Option<Arc<Sparsity>>,
 }
 
 impl LoadOptions {
@@ -20,6 +23,7 @@ impl LoadOptions {
         LoadOptions {
             pool,
             no_repack: false,
+            sparsity: None,
         }
     }
 }

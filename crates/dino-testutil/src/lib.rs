@@ -6,7 +6,9 @@
 //! - [`hf_dir`]: Hugging Face checkpoint directories made from a real GGUF's weights and tokenizer;
 //! - [`reference_dir`]: committed golden data (llama.cpp reference outputs);
 //! - [`arch_reference`]: llama.cpp logits for the random models of the families without a real
-//!   model here.
+//!   model here;
+//! - [`tensor_hashes`]: a GGUF file's tensors as `name type fnv1a64` lines (the form of the
+//!   quantizer golden files).
 
 pub mod arch_reference;
 pub mod hf_dir;
@@ -65,4 +67,47 @@ pub fn hamlet() -> PathBuf {
         return p;
     }
     model("hamlet")
+}
+
+/// FNV-1a, 64 bits.
+pub fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Every tensor of a GGUF file as `name type fnv1a64-of-its-bytes`, in file order: the lines of
+/// `crates/dino-engine/tests/data/quantize_*.txt` (made from llama-quantize's files with
+/// `cargo run -p dino-engine --example tensor_hashes`).
+pub fn tensor_hashes(path: &Path) -> dino_core::Result<Vec<String>> {
+    let f = dino_formats::gguf::GgufFile::open(path)?;
+    Ok(f.tensors()
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} {:016x}",
+                t.name,
+                t.ty.name(),
+                fnv1a(f.tensor_data(t))
+            )
+        })
+        .collect())
+}
+
+/// Asserts that `path`'s [`tensor_hashes`] are the lines of the golden file
+/// `crates/dino-engine/tests/data/{golden}` (llama-quantize's output), tensor by tensor.
+pub fn assert_tensors_match_golden(path: &Path, golden: &str, what: &str) {
+    let golden = repo_root()
+        .join("crates/dino-engine/tests/data")
+        .join(golden);
+    let want: Vec<String> = std::fs::read_to_string(&golden)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let got = tensor_hashes(path).unwrap();
+    assert_eq!(got.len(), want.len(), "{what}: tensor count");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "{what}: tensor differs from llama-quantize's");
+    }
 }

@@ -284,6 +284,12 @@ fn quantize_q8_1_with(src: &[f32], dst: &mut [u8], rule: Q8Rule) {
     }
 }
 
+/// One Q8_0 block by ggml's reference quantizer: the quants into `qs`; returns `d` (before
+/// its f16 rounding).
+pub(crate) fn q8_0_reference_block(x: &[f32], qs: &mut [i8; QK]) -> f32 {
+    q8_block(x, qs, Q8Rule::Reference).0
+}
+
 /// Q8_0 with ggml's reference quantizer (weights).
 pub fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
     quantize_q8_0_with(src, dst, Q8Rule::Reference)

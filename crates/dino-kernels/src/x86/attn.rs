@@ -26,6 +26,7 @@ pub(crate) fn avx2_op_kernels() -> Option<&'static OpKernels> {
         swiglu,
         rope,
         fwht,
+        column_gemv: crate::sparse::column_gemv_scalar,
     };
     avx2_detected().then_some(&K)
 }
@@ -55,11 +56,77 @@ fn fwht(x: &mut [f32], n: usize) {
     unsafe { fwht_avx2(x, n) }
 }
 
-/// The scalar Walsh–Hadamard body compiled with AVX2 (vectorized by the compiler; each value
-/// gets the same additions, so the same bits as the scalar twin).
+/// `ops::fwht_scalar` with a chunk in registers (8 values each): strides 1, 2 and 4 by
+/// in-register shuffles, each lane taking `u + v` or `u - v` of the same pair as the scalar
+/// form, then the wider strides between registers. Every value gets the same operations in the
+/// same order, so the same bits. Chunks under 8 values or over 512 take the scalar body.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn fwht_avx2(x: &mut [f32], n: usize) {
-    crate::ops::fwht_scalar(x, n)
+    if !(8..=crate::ops::MAX_HEAD_DIM).contains(&n) {
+        return crate::ops::fwht_scalar(x, n);
+    }
+    assert!(n.is_power_of_two() && x.len().is_multiple_of(n));
+    match n / 8 {
+        1 => fwht_regs::<1>(x),
+        2 => fwht_regs::<2>(x),
+        4 => fwht_regs::<4>(x),
+        8 => fwht_regs::<8>(x),
+        16 => fwht_regs::<16>(x),
+        32 => fwht_regs::<32>(x),
+        _ => fwht_regs::<64>(x),
+    }
+}
+
+/// [`fwht_avx2`] for chunks of `8 * NV` values.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fwht_regs<const NV: usize>(x: &mut [f32]) {
+    let n = 8 * NV;
+    let scale = _mm256_set1_ps(1.0 / (n as f32).sqrt());
+    // u + v in the lanes whose bit of `sub` is clear, u - v where it is set.
+    let butterfly = |u: __m256, v: __m256, sub: i32| -> __m256 {
+        let (s, d) = (_mm256_add_ps(u, v), _mm256_sub_ps(u, v));
+        match sub {
+            0xAA => _mm256_blend_ps::<0xAA>(s, d),
+            0xCC => _mm256_blend_ps::<0xCC>(s, d),
+            _ => _mm256_blend_ps::<0xF0>(s, d),
+        }
+    };
+    let mut r = [_mm256_setzero_ps(); NV];
+    let nv = NV;
+    for c in x.chunks_exact_mut(n) {
+        for (j, r) in r.iter_mut().enumerate().take(nv) {
+            let x = _mm256_mul_ps(load_f32x8(&c[8 * j..]), scale);
+            // Stride 1: lanes (0, 1), (2, 3), ...: u the even lane, v the odd one.
+            let x = butterfly(_mm256_moveldup_ps(x), _mm256_movehdup_ps(x), 0xAA);
+            // Stride 2: lanes (0, 2), (1, 3) of each half.
+            let x = butterfly(
+                _mm256_shuffle_ps::<0b01_00_01_00>(x, x),
+                _mm256_shuffle_ps::<0b11_10_11_10>(x, x),
+                0xCC,
+            );
+            // Stride 4: the halves.
+            *r = butterfly(
+                _mm256_permute2f128_ps::<0x00>(x, x),
+                _mm256_permute2f128_ps::<0x11>(x, x),
+                0xF0,
+            );
+        }
+        let mut len = 1;
+        while len < nv {
+            for i in (0..nv).step_by(2 * len) {
+                for j in i..i + len {
+                    let (u, v) = (r[j], r[j + len]);
+                    r[j] = _mm256_add_ps(u, v);
+                    r[j + len] = _mm256_sub_ps(u, v);
+                }
+            }
+            len <<= 1;
+        }
+        for (j, &r) in r.iter().enumerate().take(nv) {
+            store_f32x8(&mut c[8 * j..], r);
+        }
+    }
 }
 
 /// The scalar RoPE body compiled with hardware FMA: the same bits as the scalar twin.

@@ -22,6 +22,7 @@ pub(crate) fn avx512_op_kernels() -> Option<&'static OpKernels> {
             attend_decode,
             attend_decode_q,
             swiglu,
+            column_gemv: super::sparse::column_gemv_vnni,
             ..*base
         })
     })

@@ -221,6 +221,63 @@ unsafe fn reduce_group<const R: usize, const T: usize>(
     }))
 }
 
+/// The float accumulators of a Q6_K / Q3_K step and its per-super-block fold, in both orders:
+/// `TILED = false` as `vec_dot_q*_k_q8_k` (`acc = fma(d_a · d_w, (float) lanes, acc)` per output
+/// and lane, one horizontal sum at the end), `TILED = true` as the `_tiled` dots (each output's
+/// whole integer sum `s`, then `acc = fma((float) s · d_w, d_a, acc)`).
+struct KAcc<const R: usize, const T: usize, const TILED: bool> {
+    lanes: [[__m256; T]; R],
+    combos: [__m256; MAX_GROUPS],
+}
+
+impl<const R: usize, const T: usize, const TILED: bool> KAcc<R, T, TILED> {
+    #[inline(always)]
+    unsafe fn new() -> Self {
+        Self {
+            lanes: [[_mm256_setzero_ps(); T]; R],
+            combos: [_mm256_setzero_ps(); MAX_GROUPS],
+        }
+    }
+
+    /// Folds one super-block's integer lanes `isum`, with weight scales `dw` and activation
+    /// scales `dy`.
+    #[inline(always)]
+    unsafe fn fold(&mut self, isum: &[[__m256i; T]; R], dw: &[f32; R], dy: &[f32; T]) {
+        if TILED {
+            for g in 0..const { n_groups(R, T) } {
+                let s = _mm256_cvtepi32_ps(reduce_group::<R, T>(g, isum));
+                let r = _mm256_mul_ps(s, combo_ps::<R, T>(g, |i, _| dw[i]));
+                self.combos[g] =
+                    _mm256_fmadd_ps(r, combo_ps::<R, T>(g, |_, j| dy[j]), self.combos[g]);
+            }
+        } else {
+            for i in 0..R {
+                for j in 0..T {
+                    let d = _mm256_set1_ps(dy[j] * dw[i]);
+                    self.lanes[i][j] =
+                        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[i][j]), self.lanes[i][j]);
+                }
+            }
+        }
+    }
+
+    /// Writes the step's `R` × `T` outputs.
+    #[inline(always)]
+    unsafe fn store(&self, t: &mut Tile, r0: usize, t0: usize) {
+        if TILED {
+            for g in 0..const { n_groups(R, T) } {
+                store_combos::<R, T>(t, r0, t0, g, self.combos[g]);
+            }
+        } else {
+            for i in 0..R {
+                for j in 0..T {
+                    t.out[(t0 + j) * t.n_rows + r0 + i] = hsum_ps(self.lanes[i][j]);
+                }
+            }
+        }
+    }
+}
+
 /// The 8 scales and 8 mins of a Q4_K / Q5_K super-block as little-endian bytes of two u64s
 /// (ggml's kmask unpacking; the same values as `k4_scales_mins`).
 #[inline(always)]
@@ -528,9 +585,7 @@ impl<const VNNI: bool, const TILED: bool> Step for Q6K<VNNI, TILED> {
     unsafe fn step<const R: usize, const T: usize>(t: &mut Tile, r0: usize, t0: usize) {
         let nb = t.n / QK_K;
         let (w, a) = rows::<BlockQ6K, R, T>(t, r0, t0);
-        let ng = const { n_groups(R, T) };
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
-        let mut acc_t = [_mm256_setzero_ps(); MAX_GROUPS];
+        let mut acc = KAcc::<R, T, TILED>::new();
         let m4 = _mm256_set1_epi8(0x0F);
         let m2 = _mm256_set1_epi8(0x03);
         // Low half: i16 0 of each dword, high half: i16 1.
@@ -589,34 +644,9 @@ impl<const VNNI: bool, const TILED: bool> Step for Q6K<VNNI, TILED> {
                     isum[i][j] = _mm256_sub_epi32(isum[i][j], corr);
                 }
             }
-            if TILED {
-                // As the dot: r = (float) Σ lanes · d_w, then acc = fma(r, d_a, acc).
-                for g in 0..ng {
-                    let s = _mm256_cvtepi32_ps(reduce_group::<R, T>(g, &isum));
-                    let r = _mm256_mul_ps(s, combo_ps::<R, T>(g, |i, _| dw[i]));
-                    acc_t[g] = _mm256_fmadd_ps(r, combo_ps::<R, T>(g, |_, j| dy[j]), acc_t[g]);
-                }
-            } else {
-                // As the dot: acc = fma(d_a · d_w, (float) lanes, acc) per lane.
-                for i in 0..R {
-                    for j in 0..T {
-                        let d = _mm256_set1_ps(dy[j] * dw[i]);
-                        acc[i][j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[i][j]), acc[i][j]);
-                    }
-                }
-            }
+            acc.fold(&isum, &dw, &dy);
         }
-        if TILED {
-            for g in 0..ng {
-                store_combos::<R, T>(t, r0, t0, g, acc_t[g]);
-            }
-        } else {
-            for i in 0..R {
-                for j in 0..T {
-                    t.out[(t0 + j) * t.n_rows + r0 + i] = hsum_ps(acc[i][j]);
-                }
-            }
-        }
+        acc.store(t, r0, t0);
     }
 }
 
@@ -634,9 +664,7 @@ impl<const VNNI: bool, const TILED: bool> Step for Q3K<VNNI, TILED> {
     unsafe fn step<const R: usize, const T: usize>(t: &mut Tile, r0: usize, t0: usize) {
         let nb = t.n / QK_K;
         let (w, a) = rows::<BlockQ3K, R, T>(t, r0, t0);
-        let ng = const { n_groups(R, T) };
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
-        let mut acc_t = [_mm256_setzero_ps(); MAX_GROUPS];
+        let mut acc = KAcc::<R, T, TILED>::new();
         let four = _mm256_set1_epi8(4);
         for b in 0..nb {
             let mut s16 = [_mm256_setzero_si256(); R];
@@ -678,33 +706,10 @@ impl<const VNNI: bool, const TILED: bool> Step for Q3K<VNNI, TILED> {
                         isum[i][j] = _mm256_sub_epi32(isum[i][j], corr);
                     }
                 }
-                // As the dot: r = (float) Σ lanes · d_w, then acc = fma(r, d_a, acc).
-                for g in 0..ng {
-                    let s = _mm256_cvtepi32_ps(reduce_group::<R, T>(g, &isum));
-                    let r = _mm256_mul_ps(s, combo_ps::<R, T>(g, |i, _| dw[i]));
-                    acc_t[g] = _mm256_fmadd_ps(r, combo_ps::<R, T>(g, |_, j| dy[j]), acc_t[g]);
-                }
-            } else {
-                // As the dot: acc = fma(d_a · d_w, (float) lanes, acc) per lane.
-                for i in 0..R {
-                    for j in 0..T {
-                        let d = _mm256_set1_ps(dy[j] * dw[i]);
-                        acc[i][j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[i][j]), acc[i][j]);
-                    }
-                }
             }
+            acc.fold(&isum, &dw, &dy);
         }
-        if TILED {
-            for g in 0..ng {
-                store_combos::<R, T>(t, r0, t0, g, acc_t[g]);
-            }
-        } else {
-            for i in 0..R {
-                for j in 0..T {
-                    t.out[(t0 + j) * t.n_rows + r0 + i] = hsum_ps(acc[i][j]);
-                }
-            }
-        }
+        acc.store(t, r0, t0);
     }
 }
 

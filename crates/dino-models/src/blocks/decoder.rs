@@ -18,6 +18,8 @@ use dino_formats::gguf::GgufFile;
 use dino_kernels::matmul::{self, Epilogue, MatmulScratch, PreNorm};
 use dino_kernels::ops::{self, AttnShape, RopeParams, RopeStyle};
 use dino_kernels::pool::{SharedMut, ThreadPool};
+use dino_kernels::sparse::ColumnMatrix;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Family-specific switches. [`DecoderOptions::new`] gives the Llama defaults.
@@ -138,7 +140,31 @@ struct Layer {
     ffn_norm: Vec<f32>,
     post_ffn_norm: Option<Vec<f32>>,
     ffn: Ffn,
+    /// Activation-sparsity thresholds of the inputs of Q/K/V, Wo, gate/up and down (f32 bits;
+    /// 0: dense), settable between passes (`Model::set_sparsity`).
+    sparse: [AtomicU32; 4],
+    /// With sparsity: the layer's matrices by input columns, for decode.
+    cols: Option<Box<LayerColumns>>,
 }
+
+/// A layer's matrices in the column layout (`dino_kernels::sparse`): Q, K and V stacked, Wo,
+/// gate and up stacked, down.
+struct LayerColumns {
+    qkv: ColumnMatrix,
+    o: ColumnMatrix,
+    gate_up: ColumnMatrix,
+    down: ColumnMatrix,
+}
+
+/// Batches of at most this many tokens take the column-layout products when sparsity is on
+/// (one token at a time); larger ones (prompts) the dense kernels on the same zeroed inputs.
+const SPARSE_MAX_TOKENS: usize = 4;
+
+/// The inputs activation sparsity thresholds, in [`Layer::sparse`]'s order.
+const ATTN_IN: usize = 0;
+const ATTN_OUT: usize = 1;
+const FFN_IN: usize = 2;
+const FFN_MID: usize = 3;
 
 enum Ffn {
     Dense {
@@ -189,15 +215,18 @@ impl Moe {
 #[derive(Default)]
 struct Workspace {
     cap: usize,
-    x: Vec<f32>,     // [n, n_embd]
-    q: Vec<f32>,     // [n, n_head * head_dim]
-    k: Vec<f32>,     // [n, n_head_kv * head_dim]
-    v: Vec<f32>,     // [n, n_head_kv * head_dim]
-    att: Vec<f32>,   // [n, n_head * head_dim]
-    gate: Vec<f32>,  // [n, n_ff]: silu(gate) * up
-    out_x: Vec<f32>, // [n_out, n_embd]
-    y: Vec<f32>,     // [n, n_embd]: a sublayer's output before its post-norm
-    head: Vec<f32>,  // [head_dim]
+    x: Vec<f32>,                            // [n, n_embd]
+    q: Vec<f32>,                            // [n, n_head * head_dim]
+    k: Vec<f32>,                            // [n, n_head_kv * head_dim]
+    v: Vec<f32>,                            // [n, n_head_kv * head_dim]
+    att: Vec<f32>,                          // [n, n_head * head_dim]
+    gate: Vec<f32>,                         // [n, n_ff]: silu(gate) * up
+    out_x: Vec<f32>,                        // [n_out, n_embd]
+    y: Vec<f32>,                            // [n, n_embd]: a sublayer's output before its post-norm
+    xs: Vec<f32>, // [n, n_embd]: a normed input with its small values zeroed (sparsity)
+    sp: Vec<f32>, // [n_q_dim + 2 n_kv_dim | 2 n_ff]: one token's stacked outputs (sparsity)
+    plan: dino_kernels::sparse::SparsePlan, // the nonzero inputs of a sparse product
+    head: Vec<f32>, // [head_dim]
     run: RunBufs,
     /// Batch indices of the tokens taking the decode attention kernel.
     decode_toks: Vec<usize>,
@@ -206,7 +235,8 @@ struct Workspace {
     moe: MoeScratch,
 }
 
-/// The prompt attention's copies of one sequence's cache (`attend_run`), sized on use.
+/// The prompt attention's copies of one sequence's cache (`attend_run`), and the batch's rows
+/// encoded for a quantized cache; sized on use.
 #[derive(Default)]
 struct RunBufs {
     kf: Vec<f32>, // [n_head_kv, head_dim, p_pad]: one sequence's K transposed to f32 (prompt batches)
@@ -214,6 +244,8 @@ struct RunBufs {
     kg: Vec<half::f16>, // [n_pos, n_head_kv * head_dim]: one sequence's K gathered from its blocks
     vg: Vec<half::f16>, // [n_pos, n_head_kv * head_dim]: same for V
     kr: Vec<f32>, // [n_pos, n_head_kv * head_dim]: K gathered as f32 from a quantized cache
+    kq: Vec<u8>,  // [n, n_head_kv, row bytes]: the batch's keys encoded for a quantized cache
+    vq: Vec<u8>,  // [n, n_head_kv, row bytes]: same for the values
 }
 
 /// Mixture-of-experts buffers, sized on use.
@@ -244,6 +276,11 @@ impl Workspace {
         r(&mut self.gate, n * hp.n_ff);
         r(&mut self.out_x, n * hp.n_embd);
         r(&mut self.y, n * hp.n_embd);
+        r(&mut self.xs, n * hp.n_embd);
+        r(
+            &mut self.sp,
+            (hp.n_q_dim() + 2 * hp.n_kv_dim()).max(2 * hp.n_ff),
+        );
         r(&mut self.head, hp.head_dim);
         r(&mut self.rope, hp.rope_dims);
         self.mm.reserve(n, hp.n_ff.max(hp.n_embd).max(hp.n_q_dim()));
@@ -270,6 +307,9 @@ pub struct Decoder {
     output: Weight,
     pool: Arc<ThreadPool>,
     ws: Mutex<Workspace>,
+    /// With sparsity: weights whose input was zero, and all weights of the sparsified
+    /// matrices, summed over every token run.
+    sparse_counts: [AtomicU64; 2],
 }
 
 impl Decoder {
@@ -389,7 +429,12 @@ impl Decoder {
                 ffn_norm: t.vector(&n("ffn_norm.weight"), e)?,
                 post_ffn_norm: norm_if(opt.post_norms, &n("post_ffw_norm.weight"), e)?,
                 ffn,
+                sparse: Default::default(),
+                cols: None,
             });
+        }
+        if let Some(sp) = &lo.sparsity {
+            set_thresholds(&layers, opt.ffn, Some(sp))?;
         }
         let mut output = output;
         if !lo.no_repack {
@@ -402,6 +447,24 @@ impl Decoder {
                 }
             }
             output.repack(&lo.pool)?;
+        }
+        if lo.sparsity.is_some() {
+            for l in &mut layers {
+                let Ffn::Dense { gate, up, down } = &l.ffn else {
+                    unreachable!("checked above")
+                };
+                let p = &lo.pool;
+                let cols = LayerColumns {
+                    qkv: ColumnMatrix::from_matrices(
+                        p,
+                        &[&l.wq.matrix(), &l.wk.matrix(), &l.wv.matrix()],
+                    )?,
+                    o: ColumnMatrix::from_matrices(p, &[&l.wo.matrix()])?,
+                    gate_up: ColumnMatrix::from_matrices(p, &[&gate.matrix(), &up.matrix()])?,
+                    down: ColumnMatrix::from_matrices(p, &[&down.matrix()])?,
+                };
+                l.cols = Some(Box::new(cols));
+            }
         }
         let out_norm = t.vector("output_norm.weight", e)?;
         let freq_factors = t.opt_vector("rope_freqs.weight", hp.rope_dims / 2)?;
@@ -492,6 +555,7 @@ impl Decoder {
             output,
             pool: lo.pool.clone(),
             ws: Mutex::new(Workspace::default()),
+            sparse_counts: Default::default(),
         })
     }
 
@@ -682,9 +746,17 @@ fn residual(
         matmul::matmul_fused(pool, &mut [(w, x)], a, n, None, Epilogue::Accumulate, mm);
         return;
     };
-    let len = x.len();
-    let (y, yn) = (&mut y[..len], &mut yn[..len]);
+    let y = &mut y[..x.len()];
     matmul::matmul_fused(pool, &mut [(w, &mut *y)], a, n, None, Epilogue::Store, mm);
+    add_sublayer(x, y, yn, Some((norm, eps)));
+}
+
+/// `x += y`, or with a post-norm `x += rmsnorm(y) * norm` row by row (through `yn`).
+fn add_sublayer(x: &mut [f32], y: &[f32], yn: &mut [f32], post_norm: Option<(&[f32], f32)>) {
+    let Some((norm, eps)) = post_norm else {
+        ops::add_assign(x, &y[..x.len()]);
+        return;
+    };
     let e = norm.len();
     for ((xr, yr), ynr) in x
         .chunks_exact_mut(e)
@@ -694,6 +766,63 @@ fn residual(
         ops::rmsnorm(yr, norm, eps, ynr);
         ops::add_assign(xr, ynr);
     }
+}
+
+/// Sets every layer's input thresholds from `s` (`None`: 0, dense).
+fn set_thresholds(layers: &[Layer], ffn: Epilogue, s: Option<&crate::Sparsity>) -> Result<()> {
+    let mut all = Vec::with_capacity(layers.len());
+    for l in layers {
+        let Some(s) = s else {
+            all.push([0.0; 4]);
+            continue;
+        };
+        let Ffn::Dense { gate, down, .. } = &l.ffn else {
+            return Err(Error::Unsupported(
+                "activation sparsity on a mixture-of-experts model".into(),
+            ));
+        };
+        if ffn != Epilogue::SwiGlu {
+            return Err(Error::Unsupported(
+                "activation sparsity: only SwiGLU feed-forwards so far".into(),
+            ));
+        }
+        all.push([
+            s.threshold(l.wq.name())?,
+            s.threshold(l.wo.name())?,
+            s.threshold(gate.name())?,
+            s.threshold(down.name())?,
+        ]);
+    }
+    for (l, t) in layers.iter().zip(all) {
+        for (a, v) in l.sparse.iter().zip(t) {
+            a.store(v.to_bits(), Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// [`residual`] through a column-layout matrix, one token at a time.
+#[allow(clippy::too_many_arguments)]
+fn sparse_residual(
+    pool: &ThreadPool,
+    c: &ColumnMatrix,
+    a: &[f32],
+    x: &mut [f32],
+    n: usize,
+    post_norm: Option<(&[f32], f32)>,
+    (y, yn): (&mut [f32], &mut [f32]),
+    plan: &mut dino_kernels::sparse::SparsePlan,
+) {
+    let (w, e) = (c.n_in, c.n_out);
+    for t in 0..n {
+        c.gemv(
+            pool,
+            &a[t * w..(t + 1) * w],
+            &mut y[t * e..(t + 1) * e],
+            plan,
+        );
+    }
+    add_sublayer(x, &y[..n * e], yn, post_norm);
 }
 
 /// `x += moe(rmsnorm(x) * norm)` for `n` tokens, as llama.cpp's `build_moe_ffn` with softmax
@@ -861,6 +990,16 @@ impl Model for Decoder {
         self.run(batch, kv, out, None)
     }
 
+    fn measured_sparsity(&self) -> Option<f64> {
+        let [skipped, all] = &self.sparse_counts;
+        let all = all.load(Ordering::Relaxed);
+        (all > 0).then(|| skipped.load(Ordering::Relaxed) as f64 / all as f64)
+    }
+
+    fn set_sparsity(&self, s: Option<&crate::Sparsity>) -> Result<()> {
+        set_thresholds(&self.layers, self.ffn, s)
+    }
+
     fn forward_observed(
         &self,
         batch: &Batch,
@@ -902,6 +1041,32 @@ fn observe(
 }
 
 impl Decoder {
+    /// Zeroes the values of `rows` (inputs of matrices with `n_out` rows in all) below
+    /// `threshold`, counting the weights they no longer need.
+    fn sparsify(&self, rows: &mut [f32], threshold: f32, n_out: usize) {
+        let [skipped, all] = &self.sparse_counts;
+        let zeros = crate::sparsity::sparsify(rows, threshold);
+        skipped.fetch_add((zeros * n_out) as u64, Ordering::Relaxed);
+        all.fetch_add((rows.len() * n_out) as u64, Ordering::Relaxed);
+    }
+
+    /// Applies the RMSNorm `(weight, eps)` to each `[width]` row of `x` into `xs`, then zeroes
+    /// its values below `threshold` (the input of a fused product that would norm on the fly).
+    fn norm_and_sparsify(
+        &self,
+        x: &[f32],
+        (weight, eps): (&[f32], f32),
+        xs: &mut [f32],
+        threshold: f32,
+        n_out: usize,
+    ) {
+        let width = weight.len();
+        for (xr, yr) in x.chunks_exact(width).zip(xs.chunks_exact_mut(width)) {
+            ops::rmsnorm(xr, weight, eps, yr);
+        }
+        self.sparsify(xs, threshold, n_out);
+    }
+
     fn run(
         &self,
         batch: &Batch,
@@ -923,6 +1088,7 @@ impl Decoder {
         let v = &mut ws.v[..n * kvd];
         let att = &mut ws.att[..n * qd];
         let gate = &mut ws.gate[..n * ff];
+        let xs = &mut ws.xs[..n * e];
 
         // Embedding lookup.
         let emb = if self.embeds_from_output() {
@@ -960,18 +1126,33 @@ impl Decoder {
                 n,
                 Some((&l.attn_norm, hp.rms_eps)),
             );
-            matmul::matmul_fused(
-                pool,
-                &mut [(&wq, &mut *q), (&wk, &mut *k), (&wv, &mut *v)],
-                x,
-                n,
-                Some(PreNorm {
+            let outs = &mut [(&wq, &mut *q), (&wk, &mut *k), (&wv, &mut *v)];
+            let cols = l.cols.as_deref().filter(|_| n <= SPARSE_MAX_TOKENS);
+            let sparse = l
+                .sparse
+                .each_ref()
+                .map(|t| f32::from_bits(t.load(Ordering::Relaxed)));
+            if sparse[ATTN_IN] > 0.0 {
+                let norm = (&l.attn_norm[..], hp.rms_eps);
+                self.norm_and_sparsify(x, norm, xs, sparse[ATTN_IN], qd + 2 * kvd);
+                if let Some(c) = cols {
+                    let sp = &mut ws.sp[..qd + 2 * kvd];
+                    for t in 0..n {
+                        c.qkv.gemv(pool, &xs[t * e..(t + 1) * e], sp, &mut ws.plan);
+                        q[t * qd..(t + 1) * qd].copy_from_slice(&sp[..qd]);
+                        k[t * kvd..(t + 1) * kvd].copy_from_slice(&sp[qd..qd + kvd]);
+                        v[t * kvd..(t + 1) * kvd].copy_from_slice(&sp[qd + kvd..]);
+                    }
+                } else {
+                    matmul::matmul_fused(pool, outs, xs, n, None, Epilogue::Store, &mut ws.mm);
+                }
+            } else {
+                let norm = Some(PreNorm {
                     weight: &l.attn_norm,
                     eps: hp.rms_eps,
-                }),
-                Epilogue::Store,
-                &mut ws.mm,
-            );
+                });
+                matmul::matmul_fused(pool, outs, x, n, norm, Epilogue::Store, &mut ws.mm);
+            }
             add_bias(q, &l.bq);
             add_bias(k, &l.bk);
             add_bias(v, &l.bv);
@@ -1038,14 +1219,43 @@ impl Decoder {
                     }
                 });
             }
-            for t in 0..n {
-                kv.store(
-                    il,
-                    batch.seq[t] as usize,
-                    batch.pos[t] as usize,
-                    &k[t * kvd..(t + 1) * kvd],
-                    &v[t * kvd..(t + 1) * kvd],
-                );
+            let types = kv.types();
+            if types == KvTypes::F16 || n == 1 {
+                for t in 0..n {
+                    kv.store(
+                        il,
+                        batch.seq[t] as usize,
+                        batch.pos[t] as usize,
+                        &k[t * kvd..(t + 1) * kvd],
+                        &v[t * kvd..(t + 1) * kvd],
+                    );
+                }
+            } else {
+                // Quantizing the rows is the costly part: on the pool, one token per item.
+                let (rk, rv) = types.row_bytes(kv.shape())?;
+                let (kb, vb) = (rk * hp.n_head_kv, rv * hp.n_head_kv);
+                let RunBufs { kq, vq, .. } = &mut ws.run;
+                kq.resize(n * kb, 0);
+                vq.resize(n * vb, 0);
+                let (pk, pv) = (SharedMut::new(&mut kq[..]), SharedMut::new(&mut vq[..]));
+                let (kr, vr) = (&*k, &*v);
+                pool.for_chunks(n, 1, &|ts| {
+                    for t in ts {
+                        // SAFETY: token t's rows of kq and vq are written by this item only.
+                        let (kt, vt) = unsafe { (pk.slice(t * kb, kb), pv.slice(t * vb, vb)) };
+                        KvCache::encode(types.k, hd, &kr[t * kvd..(t + 1) * kvd], kt);
+                        KvCache::encode(types.v, hd, &vr[t * kvd..(t + 1) * kvd], vt);
+                    }
+                });
+                for t in 0..n {
+                    kv.store_encoded(
+                        il,
+                        batch.seq[t] as usize,
+                        batch.pos[t] as usize,
+                        &kq[t * kb..(t + 1) * kb],
+                        &vq[t * vb..(t + 1) * vb],
+                    );
+                }
             }
             {
                 let kv = &*kv;
@@ -1089,7 +1299,11 @@ impl Decoder {
                 let toks = &ws.decode_toks[..];
                 let nd = toks.len();
                 if nd > 0 {
-                    let parts = (4 * pool.n_threads())
+                    // A quantized cache's kernel shares more per K/V row between the heads of
+                    // an item (unpacking, scales, value conversion): one item per thread is
+                    // enough there, where the f16 kernel wants four for balance.
+                    let per_thread = if kv.types() == KvTypes::F16 { 4 } else { 1 };
+                    let parts = (per_thread * pool.n_threads())
                         .div_ceil(nd * hp.n_head_kv)
                         .clamp(1, group);
                     let per_item = group.div_ceil(parts);
@@ -1138,16 +1352,25 @@ impl Decoder {
             // post-norms x += norm(Wo · att).
             let wo = l.wo.matrix();
             observe(&mut obs, &[&l.wo], att, n, None);
-            residual(
-                pool,
-                &wo,
-                att,
-                x,
-                n,
-                l.post_attn_norm.as_deref().map(|w| (w, hp.rms_eps)),
-                (&mut ws.y, &mut ws.out_x),
-                &mut ws.mm,
-            );
+            if sparse[ATTN_OUT] > 0.0 {
+                self.sparsify(att, sparse[ATTN_OUT], e);
+            }
+            if let Some(c) = cols {
+                let post = l.post_attn_norm.as_deref().map(|w| (w, hp.rms_eps));
+                let bufs = (&mut ws.y[..], &mut ws.out_x[..]);
+                sparse_residual(pool, &c.o, att, x, n, post, bufs, &mut ws.plan);
+            } else {
+                residual(
+                    pool,
+                    &wo,
+                    att,
+                    x,
+                    n,
+                    l.post_attn_norm.as_deref().map(|w| (w, hp.rms_eps)),
+                    (&mut ws.y, &mut ws.out_x),
+                    &mut ws.mm,
+                );
+            }
 
             let (gate_w, up_w, down_w) = match &l.ffn {
                 Ffn::Dense { gate, up, down } => (gate, up, down),
@@ -1174,20 +1397,40 @@ impl Decoder {
                 n,
                 Some((&l.ffn_norm, hp.rms_eps)),
             );
-            matmul::matmul_fused(
-                pool,
-                &mut [(&wg, &mut *gate), (&wu, &mut [])],
-                x,
-                n,
-                Some(PreNorm {
+            let outs = &mut [(&wg, &mut *gate), (&wu, &mut [])];
+            if sparse[FFN_IN] > 0.0 {
+                let norm = (&l.ffn_norm[..], hp.rms_eps);
+                self.norm_and_sparsify(x, norm, xs, sparse[FFN_IN], 2 * ff);
+                if let Some(c) = cols {
+                    let sp = &mut ws.sp[..2 * ff];
+                    for t in 0..n {
+                        c.gate_up
+                            .gemv(pool, &xs[t * e..(t + 1) * e], sp, &mut ws.plan);
+                        let (g, u) = sp.split_at_mut(ff);
+                        ops::swiglu(g, u);
+                        gate[t * ff..(t + 1) * ff].copy_from_slice(g);
+                    }
+                } else {
+                    matmul::matmul_fused(pool, outs, xs, n, None, self.ffn, &mut ws.mm);
+                }
+            } else {
+                let norm = Some(PreNorm {
                     weight: &l.ffn_norm,
                     eps: hp.rms_eps,
-                }),
-                self.ffn,
-                &mut ws.mm,
-            );
+                });
+                matmul::matmul_fused(pool, outs, x, n, norm, self.ffn, &mut ws.mm);
+            }
             let wd = down_w.matrix();
             observe(&mut obs, &[down_w], gate, n, None);
+            if sparse[FFN_MID] > 0.0 {
+                self.sparsify(gate, sparse[FFN_MID], e);
+            }
+            if let Some(c) = cols {
+                let post = l.post_ffn_norm.as_deref().map(|w| (w, hp.rms_eps));
+                let bufs = (&mut ws.y[..], &mut ws.out_x[..]);
+                sparse_residual(pool, &c.down, gate, x, n, post, bufs, &mut ws.plan);
+                continue;
+            }
             residual(
                 pool,
                 &wd,
