@@ -57,8 +57,21 @@ fi
 if [ ! -f "$SRC/vendor/llama.cpp/CMakeLists.txt" ]; then
   log "downloading llama-cpp-python==$VERSION sdist"
   tmp="$(mktemp -d)"
-  python3 -m pip download --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$VERSION" >&2
-  tarball="$(ls "$tmp"/llama_cpp_python-"$VERSION".tar.gz)"
+  # The sdist's address from PyPI's simple index (JSON form), fetched as a file: `pip download --no-binary`
+  # would first build its build requirements (CMake) from source to read its metadata.
+  tarball="$tmp/llama_cpp_python-$VERSION.tar.gz"
+  python3 - "$VERSION" "$tarball" <<'PY'
+import hashlib, json, sys, urllib.request
+version, out = sys.argv[1], sys.argv[2]
+req = urllib.request.Request("https://pypi.org/simple/llama-cpp-python/",
+                             headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+files = json.load(urllib.request.urlopen(req))["files"]
+sdist = next(f for f in files if f["filename"] == f"llama_cpp_python-{version}.tar.gz")
+data = urllib.request.urlopen(sdist["url"]).read()
+if hashlib.sha256(data).hexdigest() != sdist["hashes"]["sha256"]:
+    sys.exit(f"{sdist['url']}: sha256 mismatch")
+open(out, "wb").write(data)
+PY
   tar -xzf "$tarball" -C "$PEER/src"
   rm -rf "$tmp"
   [ -f "$SRC/vendor/llama.cpp/CMakeLists.txt" ] || { log "unexpected sdist layout"; exit 1; }
