@@ -243,7 +243,12 @@ pub struct OpKernels {
     pub fwht: fn(&mut [f32], usize),
     /// A column-layout product over a sparse input, for a range of outputs
     /// (`sparse::column_gemv_scalar`).
-    pub column_gemv: fn(&crate::sparse::ColumnView, &crate::sparse::SparsePlan, usize, &mut [f32]),
+    pub column_gemv: fn(
+        &crate::sparse::ColumnView,
+        &crate::sparse::SparsePlan,
+        std::ops::Range<usize>,
+        &mut [f32],
+    ),
 }
 
 /// The op kernels of the level in use.

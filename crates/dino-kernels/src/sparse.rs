@@ -1,30 +1,46 @@
-//! Column-major weights for activation sparsity: input `i`'s weights to every output are
+//! Column-major weights for activation sparsity: input `i`'s weights to a run of outputs are
 //! contiguous, so a product over a sparse input reads only the columns of its nonzero values
 //! ([`ColumnMatrix::gemv`]). Several matrices that read one input (Q, K and V; gate and up) are
 //! stacked into one, their outputs one after another.
 //!
 //! The numbers are Q8_0's, transposed: each output row is quantized in blocks of 32 inputs
 //! (scale `d[B][j]` of input block `B`, output `j`), and the int8 weights are stored by column,
-//! offset by 128 (`u8`). A product quantizes the input block by block as the dense kernels do
-//! (Q8_0: `dx = amax / 127`), takes the nonzero inputs of each block four at a time, and sums
+//! offset by 128 (`u8`). Outputs are cut into tiles of [`TILE`] = 64; a tile's input block is
+//! one 2176-byte record (Q8_0's size for 64 × 32 weights): the 64 outputs' f16 scales, then the
+//! block's 32 columns of 64 bytes, one cache line each. A tile's records follow each other, so
+//! a thread reads its tiles front to back and skips the lines of zero inputs.
+//!
+//! A product quantizes the input block by block as the dense kernels do (Q8_0:
+//! `dx = amax / 127`), takes the nonzero inputs of each block four at a time, and sums
 //! `Σ (q + 128)·xq − 128·Σ xq` exactly in integers per output and block (one `vpdpbusd` adds
 //! four inputs' products), then `y = fma((float) sum, d[B][j] · dx[B], y)` block after block.
 //! The integer sums are exact and the float steps are the same at every level, so every level
 //! gives the scalar twin's bits.
+
+use std::ops::Range;
 
 use crate::matmul::{self, QMatrix};
 use crate::pool::{SharedMut, ThreadPool};
 use crate::quant::blocks::QK;
 use dino_core::{Error, Result};
 
-/// A weight matrix stored by input columns (int8, offset by 128) with Q8_0 block scales.
+/// Outputs per tile of the column layout.
+pub const TILE: usize = 64;
+/// Cache lines per (tile, input block) record: two of f16 scales, one per input column.
+pub const RECORD_LINES: usize = 2 + QK;
+
+/// One cache line of the column layout.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct Line(pub [u8; 64]);
+
+/// A weight matrix stored by input columns (int8, offset by 128) with Q8_0 block scales, in
+/// tiles of 64 outputs (see the module's text).
 pub struct ColumnMatrix {
     pub n_in: usize,
     pub n_out: usize,
-    /// `[n_in][n_out]`: `q + 128`.
-    cols: Vec<u8>,
-    /// `[n_in / 32][n_out]`: the scale of input block `B` of output row `j`.
-    scales: Vec<f32>,
+    /// `[tile][input block]` records of [`RECORD_LINES`] lines.
+    data: Vec<Line>,
 }
 
 /// One product's nonzero inputs, prepared once for all threads ([`ColumnMatrix::plan`]).
@@ -50,88 +66,101 @@ pub struct PlanBlock {
 /// What a column kernel reads.
 #[derive(Clone, Copy)]
 pub struct ColumnView<'a> {
+    pub n_in: usize,
     pub n_out: usize,
-    pub cols: &'a [u8],
-    pub scales: &'a [f32],
+    pub data: &'a [Line],
 }
 
-/// Fewest outputs per work item of [`ColumnMatrix::gemv`].
-const GEMV_CHUNK: usize = 256;
+impl ColumnView<'_> {
+    /// Input blocks.
+    pub fn nb(&self) -> usize {
+        self.n_in / QK
+    }
+
+    /// Tiles of outputs (the last one may be short).
+    pub fn tiles(&self) -> usize {
+        self.n_out.div_ceil(TILE)
+    }
+
+    /// The record of tile `t`, input block `b`.
+    #[inline(always)]
+    pub fn record(&self, t: usize, b: usize) -> &[Line] {
+        &self.data[(t * self.nb() + b) * RECORD_LINES..][..RECORD_LINES]
+    }
+}
 
 impl ColumnMatrix {
-    /// The matrices `ms` (same input width, a multiple of 32; each output count a multiple of
-    /// 16), stacked and transposed: each row dequantized and requantized to Q8_0 (a Q8_0 source
-    /// keeps its numbers).
+    /// The matrices `ms` (same input width, a multiple of 32), stacked and transposed: each row
+    /// dequantized and requantized to Q8_0 (a Q8_0 source keeps its numbers).
     pub fn from_matrices(pool: &ThreadPool, ms: &[&QMatrix]) -> Result<ColumnMatrix> {
         let n_in = ms.first().map_or(0, |m| m.n_in);
-        if n_in == 0
-            || !n_in.is_multiple_of(QK)
-            || ms
-                .iter()
-                .any(|m| m.n_in != n_in || !m.n_out.is_multiple_of(16))
-        {
+        if n_in == 0 || !n_in.is_multiple_of(QK) || ms.iter().any(|m| m.n_in != n_in) {
             return Err(Error::invalid(format!(
-                "column layout: matrices of {:?} inputs and {:?} outputs (one input width, a \
-                 multiple of {QK}; outputs a multiple of 16)",
+                "column layout: matrices of {:?} inputs (one input width, a multiple of {QK})",
                 ms.iter().map(|m| m.n_in).collect::<Vec<_>>(),
-                ms.iter().map(|m| m.n_out).collect::<Vec<_>>()
             )));
         }
         let n_out: usize = ms.iter().map(|m| m.n_out).sum();
         let nb = n_in / QK;
-        let mut cols = vec![0u8; n_in * n_out];
-        let mut scales = vec![0f32; nb * n_out];
-        let (pc, ps) = (
-            SharedMut::new(&mut cols[..]),
-            SharedMut::new(&mut scales[..]),
-        );
+        let tiles = n_out.div_ceil(TILE);
+        // Padding outputs keep weight q = 0 (stored 128) and scale 0.
+        let mut data = vec![Line([128; 64]); tiles * nb * RECORD_LINES];
+        for t in 0..tiles {
+            for b in 0..nb {
+                let r = (t * nb + b) * RECORD_LINES;
+                data[r] = Line([0; 64]);
+                data[r + 1] = Line([0; 64]);
+            }
+        }
+        let pd = SharedMut::new(&mut data[..]);
         let mut first = 0;
         for m in ms {
             pool.for_chunks(m.n_out, 16, &|r| {
                 let mut row = vec![0f32; n_in];
                 for j in r {
                     let jg = first + j;
+                    let (t, o) = (jg / TILE, jg % TILE);
                     matmul::dequantize_row(m, j, &mut row);
                     for (b, x) in row.chunks_exact(QK).enumerate() {
                         let (d, q) = q8_0_block(x);
-                        // SAFETY: output `jg`'s scales and column bytes are written by this
-                        // item only (one element per block, one per input).
-                        unsafe {
-                            ps.slice(b * n_out + jg, 1)[0] = d;
-                            for (k, &v) in q.iter().enumerate() {
-                                pc.slice((b * QK + k) * n_out + jg, 1)[0] = (v as i16 + 128) as u8;
-                            }
+                        let at = (t * nb + b) * RECORD_LINES;
+                        // SAFETY: output `jg`'s bytes (its scale and one byte per column of
+                        // each record of its tile) are written by this item only; the
+                        // record's lines are disjoint from other records'.
+                        let rec = unsafe { pd.slice(at, RECORD_LINES) };
+                        let db = half::f16::from_f32(d).to_le_bytes();
+                        rec[2 * o / 64].0[2 * o % 64..][..2].copy_from_slice(&db);
+                        for (k, &v) in q.iter().enumerate() {
+                            rec[2 + k].0[o] = (v as i16 + 128) as u8;
                         }
                     }
                 }
             });
             first += m.n_out;
         }
-        Ok(ColumnMatrix {
-            n_in,
-            n_out,
-            cols,
-            scales,
-        })
+        Ok(ColumnMatrix { n_in, n_out, data })
     }
 
     /// Bytes of the stored weights and scales.
     pub fn bytes(&self) -> usize {
-        self.cols.len() + 4 * self.scales.len()
+        self.data.len() * 64
     }
 
     pub fn view(&self) -> ColumnView<'_> {
         ColumnView {
+            n_in: self.n_in,
             n_out: self.n_out,
-            cols: &self.cols,
-            scales: &self.scales,
+            data: &self.data,
         }
     }
 
     /// Weight `(j, i)` as stored: `d[i / 32][j] · q`.
     pub fn weight(&self, j: usize, i: usize) -> f32 {
-        let q = self.cols[i * self.n_out + j] as i32 - 128;
-        self.scales[(i / QK) * self.n_out + j] * q as f32
+        let v = self.view();
+        let rec = v.record(j / TILE, i / QK);
+        let o = j % TILE;
+        let q = rec[2 + i % QK].0[o] as i32 - 128;
+        scale_of(rec, o) * q as f32
     }
 
     /// The plan of input `x`: its blocks quantized as Q8_0 activations, their nonzero inputs in
@@ -191,16 +220,24 @@ impl ColumnMatrix {
         let (view, plan) = (self.view(), &*plan);
         let f = crate::dispatch::op_kernels().column_gemv;
         let py = SharedMut::new(y);
-        // One long output range per thread: each column is then read as one contiguous run
-        // per thread, which the prefetchers follow (short ranges scatter the reads).
-        let units = self.n_out / 16;
-        let per = units.div_ceil(pool.n_threads()).max(GEMV_CHUNK / 16);
-        pool.for_chunks(units, per, &|r| {
-            // SAFETY: outputs `16 r` are written by this item only.
-            let yr = unsafe { py.slice(r.start * 16, r.len() * 16) };
-            f(&view, plan, r.start * 16, yr);
+        let n_out = self.n_out;
+        // One run of tiles per thread: its records are then read front to back.
+        let tiles = view.tiles();
+        let per = tiles.div_ceil(pool.n_threads());
+        pool.for_chunks(tiles, per, &|r| {
+            let (j0, j1) = (r.start * TILE, (r.end * TILE).min(n_out));
+            // SAFETY: outputs `j0..j1` are written by this item only.
+            let yr = unsafe { py.slice(j0, j1 - j0) };
+            f(&view, plan, r, yr);
         });
     }
+}
+
+/// The f16 scale of output `o` of a record, as f32.
+#[inline(always)]
+fn scale_of(rec: &[Line], o: usize) -> f32 {
+    let b = &rec[2 * o / 64].0[2 * o % 64..][..2];
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
 }
 
 /// A Q8_0 block of `x` by ggml's reference quantizer: `d` (as its f16 rounding) and the quants.
@@ -210,23 +247,32 @@ fn q8_0_block(x: &[f32]) -> (f32, [i8; QK]) {
     (half::f16::from_f32(d).to_f32(), q)
 }
 
-/// Scalar twin of the column kernels: outputs `j0 .. j0 + y.len()` of the plan's product.
-pub fn column_gemv_scalar(m: &ColumnView, plan: &SparsePlan, j0: usize, y: &mut [f32]) {
-    y.fill(0.0);
-    for pb in &plan.blocks {
-        let groups = &plan.groups[pb.g0 as usize..pb.g1 as usize];
-        let sc = &m.scales[pb.block as usize * m.n_out + j0..][..y.len()];
-        for (o, (yv, &d)) in y.iter_mut().zip(sc).enumerate() {
-            let j = j0 + o;
-            let mut acc = 0i32;
-            for (idx, xq) in groups {
+/// Scalar twin of the column kernels: the outputs of tiles `tiles` of the plan's product
+/// (`y` holds outputs `64 tiles.start ..`, cut at the matrix's last output).
+pub fn column_gemv_scalar(m: &ColumnView, plan: &SparsePlan, tiles: Range<usize>, y: &mut [f32]) {
+    let j0 = tiles.start * TILE;
+    assert!(tiles.end <= m.tiles() && y.len() == (tiles.end * TILE).min(m.n_out) - j0);
+    for t in tiles {
+        let mut acc = [0f32; TILE];
+        for pb in &plan.blocks {
+            let rec = m.record(t, pb.block as usize);
+            let mut ia = [0i32; TILE];
+            for (idx, xq) in &plan.groups[pb.g0 as usize..pb.g1 as usize] {
                 let xb = xq.to_le_bytes();
                 for k in 0..4 {
-                    acc += m.cols[idx[k] as usize * m.n_out + j] as i32 * xb[k] as i8 as i32;
+                    let col = &rec[2 + idx[k] as usize % QK].0;
+                    for (a, &w) in ia.iter_mut().zip(col) {
+                        *a += w as i32 * xb[k] as i8 as i32;
+                    }
                 }
             }
-            *yv = ((acc - pb.corr) as f32).mul_add(d * pb.dx, *yv);
+            for (o, (a, &s)) in acc.iter_mut().zip(&ia).enumerate() {
+                *a = ((s - pb.corr) as f32).mul_add(scale_of(rec, o) * pb.dx, *a);
+            }
         }
+        let o0 = t * TILE - j0;
+        let n = (y.len() - o0).min(TILE);
+        y[o0..o0 + n].copy_from_slice(&acc[..n]);
     }
 }
 
@@ -273,8 +319,8 @@ mod tests {
                 assert_eq!(c.weight(j, i), w, "{j} {i}");
             }
         }
-        let bad = QMatrix::new("c", &ba[..34 * 2 * 8], GgmlType::Q8_0, n_in, 8).unwrap();
-        assert!(ColumnMatrix::from_matrices(&pool, &[&bad]).is_err());
+        let other = QMatrix::new("c", &ba[..34 * 8], GgmlType::Q8_0, 32, 8).unwrap();
+        assert!(ColumnMatrix::from_matrices(&pool, &[&ma, &other]).is_err());
     }
 
     #[test]
@@ -295,8 +341,7 @@ mod tests {
         let c = ColumnMatrix {
             n_in: 96,
             n_out: 16,
-            cols: vec![128; 96 * 16],
-            scales: vec![1.0; 3 * 16],
+            data: vec![Line([128; 64]); 3 * RECORD_LINES],
         };
         let mut p = SparsePlan::default();
         c.plan(&x, &mut p);
