@@ -108,6 +108,22 @@ enum Cmd {
             100 chunks of 512 are typical (--chunks)."
     )]
     Calibrate(CalibrateArgs),
+    /// Remove whole layers and/or FFN channels, measured on a calibration text, writing a
+    /// smaller GGUF (llama.cpp loads it too).
+    #[command(
+        long_about = "Run the model over a calibration text (-f, in chunks of --ctx-size tokens) \
+            and measure, for every block of consecutive layers, the mean angular distance between \
+            the residual stream entering the block and leaving it (arccos of the cosine, in units \
+            of pi): a block that barely turns the hidden state does little. --remove-layers N \
+            drops the N consecutive layers with the smallest distance (or --layers names them). \
+            --ffn-keep F keeps that share of every layer's FFN channels, ranked per layer by \
+            sqrt(sum of squares of the channel's activation) times the norm of its down-projection \
+            column; gate and up lose rows, down loses inputs (re-encoded in its own type).\n\n\
+            The output is a GGUF with the layers renumbered and block_count / \
+            feed_forward_length updated. Measure what it costs with `dino perplexity -m OUT -f \
+            TEXT --kl-divergence-base IN`."
+    )]
+    Prune(PruneArgs),
     /// Chat with a model in the terminal through its chat template (one message per line).
     Chat(chat::ChatArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions,
@@ -398,6 +414,33 @@ struct CalibrateArgs {
 }
 
 #[derive(Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Calibration text file.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Output GGUF.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    /// Remove this many consecutive layers: the block whose input and output are closest.
+    #[arg(long = "remove-layers", value_name = "N", default_value_t = 0)]
+    remove_layers: usize,
+    /// Remove these layers (comma-separated indices) instead of measuring.
+    #[arg(long = "layers", value_delimiter = ',', value_name = "L,L,...")]
+    layers: Vec<usize>,
+    /// Keep this share of each layer's FFN channels (0 < F <= 1; 1: no narrowing).
+    #[arg(long = "ffn-keep", value_name = "F", default_value_t = 1.0)]
+    ffn_keep: f64,
+    /// Use only the first N chunks of --ctx-size tokens of the text.
+    #[arg(long = "chunks", default_value_t = 8)]
+    chunks: usize,
+    /// Tokens per forward batch.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch: usize,
+}
+
+#[derive(Args)]
 struct PullArgs {
     /// Catalog name (default: the default model).
     name: Option<String>,
@@ -452,6 +495,7 @@ fn main() {
         Cmd::Convert(a) => cmd_convert(a),
         Cmd::Quantize(a) => cmd_quantize(a),
         Cmd::Calibrate(a) => cmd_calibrate(a),
+        Cmd::Prune(a) => cmd_prune(a),
         Cmd::Chat(a) => chat::cmd_chat(a),
         Cmd::Serve(a) => serve::cmd_serve(a),
     };
@@ -910,6 +954,89 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
         peak_rss_bytes()
             .map(fmt_bytes)
             .unwrap_or_else(|| "unavailable".into())
+    );
+    Ok(())
+}
+
+fn cmd_prune(a: PruneArgs) -> Result<()> {
+    use dino_engine::prune::{ffn_channels, measure, prune, PrunePlan};
+    if a.model.sparsity.is_some() {
+        bail!("prune measures the dense model: drop --sparsity");
+    }
+    if a.remove_layers == 0 && a.layers.is_empty() && a.ffn_keep >= 1.0 {
+        bail!("nothing to prune: pass --remove-layers N, --layers L,... or --ffn-keep F (< 1)");
+    }
+    if a.remove_layers > 0 && !a.layers.is_empty() {
+        bail!("--remove-layers and --layers both choose layers: pass one");
+    }
+    if !(a.ffn_keep > 0.0 && a.ffn_keep <= 1.0) {
+        bail!(
+            "--ffn-keep {}: the share kept must be in (0, 1]",
+            a.ffn_keep
+        );
+    }
+    let path = pull::resolve_model(a.model.model.as_deref(), &pull_opts(false))?;
+    let file = dino_formats::gguf::GgufFile::open(&path)
+        .with_context(|| format!("opening {} (dino prune reads GGUF files)", path.display()))?;
+    let mut plan = PrunePlan {
+        layers: a.layers.clone(),
+        ffn_keep: None,
+    };
+    plan.layers.sort_unstable();
+    plan.layers.dedup();
+    if a.remove_layers > 0 || a.ffn_keep < 1.0 {
+        let text = read_eval_text(&a.file)?;
+        let engine = load_engine(&a.model)?;
+        let (n_ctx, opts) = eval_options(&a.model, Some(a.chunks), a.batch);
+        eprintln!("prune: n_ctx = {n_ctx}, measuring layer distances and FFN channels");
+        let mut err = std::io::stderr();
+        let stats = measure(
+            &engine,
+            &text,
+            &opts,
+            a.remove_layers.max(1),
+            |i, n, running| {
+                let _ = write!(err, "[{}/{n}]{:.4},", i + 1, running);
+                if i + 1 == n {
+                    let _ = writeln!(err);
+                }
+                let _ = err.flush();
+            },
+        )?;
+        eprintln!(
+            "angular distance (x pi) between the input of layer l and of layer l + 1, {} tokens:",
+            stats.n_tokens
+        );
+        for (l, d) in stats.dist[0].iter().enumerate() {
+            eprintln!("  layer {l:3}: {d:.4}");
+        }
+        if a.remove_layers > 0 {
+            let (start, d) = stats.best_block(a.remove_layers)?;
+            eprintln!(
+                "removing layers {start}..{} (distance across the block {d:.4})",
+                start + a.remove_layers - 1
+            );
+            plan.layers = (start..start + a.remove_layers).collect();
+        }
+        if a.ffn_keep < 1.0 {
+            plan.ffn_keep = Some(ffn_channels(&file, &stats, a.ffn_keep)?);
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let r = prune(&file, &a.output, &plan, true)?;
+    eprintln!(
+        "wrote {}: {} -> {} layers, FFN {} -> {} channels, {} tensors, {} -> {} of tensor data \
+         ({:.1} %) in {:.1} s",
+        a.output.display(),
+        r.n_layer_in,
+        r.n_layer_out,
+        r.n_ff_in,
+        r.n_ff_out,
+        r.n_tensors,
+        fmt_bytes(r.bytes_in),
+        fmt_bytes(r.bytes_out),
+        100.0 * r.bytes_out as f64 / r.bytes_in as f64,
+        t0.elapsed().as_secs_f64()
     );
     Ok(())
 }

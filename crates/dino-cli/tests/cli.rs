@@ -855,3 +855,67 @@ fn sparsity_thresholds_run_perplexity_and_bench() {
         assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn prune_removes_layers_and_ffn_channels() {
+    let m = tiny_model();
+    let m = m.to_str().unwrap();
+    let hamlet = dino_testutil::hamlet();
+    let hamlet = hamlet.to_str().unwrap();
+    let out = tmp("tiny-pruned.gguf");
+    let o = dino(&[
+        "prune",
+        "-m",
+        m,
+        "-f",
+        hamlet,
+        "-c",
+        "64",
+        "--chunks",
+        "2",
+        "--remove-layers",
+        "1",
+        "--ffn-keep",
+        "0.5",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("angular distance") && err.contains("removing layers"),
+        "{err}"
+    );
+    assert!(err.contains("2 -> 1 layers"), "{err}");
+    let f = dino_formats::gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(f.metadata().get_u32("llama.block_count").unwrap(), 1);
+    // The pruned file runs.
+    let o = dino(&[
+        "run",
+        "-m",
+        out.to_str().unwrap(),
+        "-p",
+        "hello",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    // Bad input: clear errors.
+    for (args, want) in [
+        (vec![], "nothing to prune"),
+        (vec!["--ffn-keep", "0"], "(0, 1]"),
+        (vec!["--layers", "0", "--remove-layers", "1"], "pass one"),
+        (vec!["--layers", "7"], "does not exist"),
+        (vec!["--layers", "0,1"], "leaves none"),
+    ] {
+        let bad = tmp("tiny-bad-prune.gguf");
+        let mut a = vec!["prune", "-m", m, "-f", hamlet, "-o", bad.to_str().unwrap()];
+        a.extend(args.iter());
+        let o = dino(&a);
+        let (_, err) = text(&o);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -300,7 +300,7 @@ pub fn calibrate(
     let mut bad: Option<String> = None;
     let mut magnitudes = crate::sparsity::MagnitudeStats::default();
     let mut obs = |names: &[&str], rows: &[f32], n: usize| {
-        if n == 0 || bad.is_some() {
+        if n == 0 || bad.is_some() || names.iter().any(|m| dino_models::is_layer_input(m)) {
             return;
         }
         magnitudes.add(names, rows);

@@ -57,6 +57,7 @@ pub mod imatrix;
 pub mod metrics;
 pub mod mixed;
 mod perplexity;
+pub mod prune;
 pub mod quantize;
 pub mod sampler;
 pub mod sparsity;

@@ -101,8 +101,21 @@ pub struct ModelInfo {
 /// Receives the inputs of the weight matrices during [`Model::forward_observed`]:
 /// `(names, rows, n_rows)`, the names of the matrices (GGUF tensor names, each once) that
 /// multiply the `n_rows` rows of `rows` (`rows.len() / n_rows` values each, the matrices' input
-/// width). Calibration (`dino calibrate`) sums the squares of these per input channel.
+/// width). Calibration (`dino calibrate`) sums the squares of these per input channel. The
+/// residual stream entering each layer comes under [`layer_input_name`].
 pub type Observer<'a> = dyn FnMut(&[&str], &[f32], usize) + 'a;
+
+/// The observer's name for the residual stream entering layer `il` (`il = n_layer`: the output
+/// norm's input), handed over alone before the layer's matrices (`dino prune` measures layer
+/// importance from it; calibration skips it: [`is_layer_input`]).
+pub fn layer_input_name(il: usize) -> String {
+    format!("blk.{il}.layer_input")
+}
+
+/// Whether an observed name is a [`layer_input_name`].
+pub fn is_layer_input(name: &str) -> bool {
+    name.starts_with("blk.") && name.ends_with(".layer_input")
+}
 
 /// A model family's forward pass. Implementations hold weights only; all per-request state
 /// (the KV cache) belongs to the caller.

@@ -1117,6 +1117,9 @@ impl Decoder {
         let group = hp.n_head / hp.n_head_kv;
 
         for (il, l) in self.layers.iter().enumerate() {
+            if let Some(o) = obs.as_mut() {
+                o(&[&crate::layer_input_name(il)], x, n);
+            }
             // Attention: RMSNorm, then Q, K and V from one quantized input in one pass.
             let (wq, wk, wv) = (l.wq.matrix(), l.wk.matrix(), l.wv.matrix());
             observe(
@@ -1441,6 +1444,10 @@ impl Decoder {
                 (&mut ws.y, &mut ws.out_x),
                 &mut ws.mm,
             );
+        }
+
+        if let Some(o) = obs.as_mut() {
+            o(&[&crate::layer_input_name(self.layers.len())], x, n);
         }
 
         // Output head, only for the tokens that want logits.
