@@ -1129,5 +1129,12 @@ fn report_sparsity(engine: &Engine) {
             "activation sparsity: {:.1} % of the sparsified matrices' weights had a zero input",
             100.0 * m
         );
+        if let Some(c) = engine.model.column_share() {
+            eprintln!(
+                "activation sparsity: {:.1} % of the one-token products skipped zero inputs' \
+                 weights (column layouts; the rest had too few zeros to pay)",
+                100.0 * c
+            );
+        }
     }
 }

@@ -148,6 +148,11 @@ pub trait Model: Send + Sync {
     fn measured_sparsity(&self) -> Option<f64> {
         None
     }
+    /// With column layouts: the share of one-token sparsified products that ran by columns
+    /// (the others had too few zero inputs to pay and ran the dense kernels).
+    fn column_share(&self) -> Option<f64> {
+        None
+    }
     /// Sets the activation-sparsity thresholds from the next forward pass on (`None`: dense).
     /// Without column layouts (a model loaded without [`LoadOptions::sparsity`]) the dense
     /// kernels run on the zeroed inputs: the same function, for calibration, not for speed.

@@ -26,7 +26,7 @@ pub(crate) fn avx2_op_kernels() -> Option<&'static OpKernels> {
         swiglu,
         rope,
         fwht,
-        column_gemv: crate::sparse::column_gemv_scalar,
+        column_gemv: super::sparse::column_gemv_avx2,
     };
     avx2_detected().then_some(&K)
 }
