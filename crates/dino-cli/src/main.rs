@@ -882,6 +882,19 @@ fn eval_options(
     (n_ctx, opts)
 }
 
+/// Prints `[i/n]running_ppl,` on stderr after each chunk of a calibration pass (as
+/// llama-imatrix does), ending the line after the last.
+fn chunk_progress() -> impl FnMut(usize, usize, f64) {
+    let mut err = std::io::stderr();
+    move |i, n, running| {
+        let _ = write!(err, "[{}/{n}]{:.4},", i + 1, running);
+        if i + 1 == n {
+            let _ = writeln!(err);
+        }
+        let _ = err.flush();
+    }
+}
+
 fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
     if a.model.sparsity.is_some() {
         bail!("calibrate measures the dense model: drop --sparsity");
@@ -891,19 +904,12 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
     let engine = load_engine(&a.model)?;
     let (n_ctx, opts) = eval_options(&a.model, a.chunks, a.batch);
     eprintln!("calibrate: n_ctx = {n_ctx}, collecting activation statistics");
-    let mut err = std::io::stderr();
     let (im, r) = dino_engine::imatrix::calibrate(
         &engine,
         text,
         &a.file.display().to_string(),
         &opts,
-        |i, n, running| {
-            let _ = write!(err, "[{}/{n}]{:.4},", i + 1, running);
-            if i + 1 == n {
-                let _ = writeln!(err);
-            }
-            let _ = err.flush();
-        },
+        chunk_progress(),
     )?;
     im.save(&a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
@@ -989,19 +995,12 @@ fn cmd_prune(a: PruneArgs) -> Result<()> {
         let engine = load_engine(&a.model)?;
         let (n_ctx, opts) = eval_options(&a.model, Some(a.chunks), a.batch);
         eprintln!("prune: n_ctx = {n_ctx}, measuring layer distances and FFN channels");
-        let mut err = std::io::stderr();
         let stats = measure(
             &engine,
             &text,
             &opts,
             a.remove_layers.max(1),
-            |i, n, running| {
-                let _ = write!(err, "[{}/{n}]{:.4},", i + 1, running);
-                if i + 1 == n {
-                    let _ = writeln!(err);
-                }
-                let _ = err.flush();
-            },
+            chunk_progress(),
         )?;
         eprintln!(
             "angular distance (x pi) between the input of layer l and of layer l + 1, {} tokens:",
