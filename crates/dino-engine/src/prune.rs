@@ -20,6 +20,7 @@ use dino_core::{Error, Result};
 use dino_formats::gguf::{GgufFile, GgufWriter, Value};
 
 use crate::perplexity::{perplexity_observed, PerplexityOptions, PerplexityResult};
+use crate::quantize::layer_of;
 use crate::Engine;
 
 /// What a calibration pass measured for pruning.
@@ -67,10 +68,10 @@ pub fn measure(
     let n_layer = engine.model.info().hparams.n_layer;
     let max_block = max_block.clamp(1, n_layer.max(1));
     let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); n_layer + 1];
-    let mut dist_sum = vec![vec![0f64; 0]; max_block];
-    for (k, d) in dist_sum.iter_mut().enumerate() {
-        *d = vec![0.0; n_layer + 1 - (k + 1)];
-    }
+    // dist_sum[n - 1][l]: the sum over tokens for layers l and l + n.
+    let mut dist_sum: Vec<Vec<f64>> = (1..=max_block)
+        .map(|n| vec![0.0; n_layer + 1 - n])
+        .collect();
     let mut ffn_sq: Vec<Vec<f64>> = vec![Vec::new(); n_layer];
     let mut n_tokens = 0usize;
     let mut bad = None;
@@ -156,11 +157,6 @@ pub fn angular_distance(a: &[f32], b: &[f32]) -> f64 {
         return 0.0;
     }
     (ab / (aa * bb).sqrt()).clamp(-1.0, 1.0).acos() / std::f64::consts::PI
-}
-
-/// The layer of a tensor or observer name `blk.N.…`.
-fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 /// What to remove.

@@ -146,9 +146,8 @@ pub(crate) fn quantizable(name: &str, n_dims: usize) -> bool {
 }
 
 /// The layer number of a `blk.N.` name (`None` for the others), llama.cpp's sort key.
-fn layer_of(name: &str) -> Option<i64> {
-    let rest = name.strip_prefix("blk.")?;
-    rest.split('.').next()?.parse().ok()
+pub(crate) fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 /// The facts of the model the rules read.
@@ -267,7 +266,7 @@ fn visit_order(file: &GgufFile) -> Vec<usize> {
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by(|&a, &b| {
         let (na, nb) = (&tensors[a].name, &tensors[b].name);
-        let key = |n: &str| layer_of(n).unwrap_or(-1);
+        let key = |n: &str| layer_of(n).map_or(-1, |l| l as i64);
         key(na).cmp(&key(nb)).then_with(|| na.cmp(nb))
     });
     order
@@ -316,7 +315,7 @@ fn mix_rule(
         Role::FfnDown => {
             // With experts llama.cpp reads the layer from the name; otherwise it counts.
             let (i, n) = if m.n_expert > 1 {
-                (layer_of(name).unwrap_or(0).max(0) as usize, m.n_layer)
+                (layer_of(name).unwrap_or(0), m.n_layer)
             } else {
                 (i_ffn_down, m.n_layer)
             };

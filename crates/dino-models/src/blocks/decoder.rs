@@ -1057,21 +1057,27 @@ fn observe(
 impl Decoder {
     /// Zeroes the values of `rows` (inputs of matrices with `n_out` rows in all) below
     /// `threshold`, counting the weights they no longer need.
-    /// Whether `n` tokens' product over inputs with `share` zeros takes the column layouts
-    /// `cols` (counted for [`Model::column_share`]).
+    /// Whether `n` tokens' product over inputs with `share` zeros (`None`: not sparsified)
+    /// takes the column layouts `cols` (counted for [`Model::column_share`]).
     fn by_columns<'c>(
         &self,
         cols: Option<&'c LayerColumns>,
-        share: f32,
+        share: Option<f32>,
         n: usize,
     ) -> Option<&'c LayerColumns> {
-        let c = cols?;
+        let (c, share) = (cols?, share?);
         let [.., products, by_columns] = &self.sparse_counts;
         products.fetch_add(n as u64, Ordering::Relaxed);
         (share >= COLUMN_MIN_SPARSITY).then(|| {
             by_columns.fetch_add(n as u64, Ordering::Relaxed);
             c
         })
+    }
+
+    /// [`Decoder::sparsify`] at one site's threshold; `None` (nothing done) where the site is
+    /// dense (threshold 0).
+    fn sparsify_site(&self, rows: &mut [f32], threshold: f32, n_out: usize) -> Option<f32> {
+        (threshold > 0.0).then(|| self.sparsify(rows, threshold, n_out))
     }
 
     /// Returns the share of zeros.
@@ -1171,7 +1177,7 @@ impl Decoder {
             if sparse[ATTN_IN] > 0.0 {
                 let norm = (&l.attn_norm[..], hp.rms_eps);
                 let share = self.norm_and_sparsify(x, norm, xs, sparse[ATTN_IN], qd + 2 * kvd);
-                if let Some(c) = self.by_columns(cols, share, n) {
+                if let Some(c) = self.by_columns(cols, Some(share), n) {
                     let sp = &mut ws.sp[..qd + 2 * kvd];
                     for t in 0..n {
                         c.qkv.gemv(pool, &xs[t * e..(t + 1) * e], sp, &mut ws.plan);
@@ -1388,11 +1394,7 @@ impl Decoder {
             // post-norms x += norm(Wo · att).
             let wo = l.wo.matrix();
             observe(&mut obs, &[&l.wo], att, n, None);
-            let share = if sparse[ATTN_OUT] > 0.0 {
-                self.sparsify(att, sparse[ATTN_OUT], e)
-            } else {
-                0.0
-            };
+            let share = self.sparsify_site(att, sparse[ATTN_OUT], e);
             if let Some(c) = self.by_columns(cols, share, n) {
                 let post = l.post_attn_norm.as_deref().map(|w| (w, hp.rms_eps));
                 let bufs = (&mut ws.y[..], &mut ws.out_x[..]);
@@ -1439,7 +1441,7 @@ impl Decoder {
             if sparse[FFN_IN] > 0.0 {
                 let norm = (&l.ffn_norm[..], hp.rms_eps);
                 let share = self.norm_and_sparsify(x, norm, xs, sparse[FFN_IN], 2 * ff);
-                if let Some(c) = self.by_columns(cols, share, n) {
+                if let Some(c) = self.by_columns(cols, Some(share), n) {
                     let sp = &mut ws.sp[..2 * ff];
                     for t in 0..n {
                         c.gate_up
@@ -1460,11 +1462,7 @@ impl Decoder {
             }
             let wd = down_w.matrix();
             observe(&mut obs, &[down_w], gate, n, None);
-            let share = if sparse[FFN_MID] > 0.0 {
-                self.sparsify(gate, sparse[FFN_MID], e)
-            } else {
-                0.0
-            };
+            let share = self.sparsify_site(gate, sparse[FFN_MID], e);
             if let Some(c) = self.by_columns(cols, share, n) {
                 let post = l.post_ffn_norm.as_deref().map(|w| (w, hp.rms_eps));
                 let bufs = (&mut ws.y[..], &mut ws.out_x[..]);
