@@ -246,15 +246,14 @@ impl Thresholds {
                 "site levels {levels:?}: each between 0 and 0.99"
             )));
         }
-        let map = self
-            .table
-            .iter()
-            .map(|(name, q)| {
-                let t = site_of(name).map_or(0.0, |s| Self::at(q, levels[s]));
-                (name.clone(), t)
-            })
-            .collect::<HashMap<_, _>>();
-        Sparsity::new(overall.clamp(0.0, 0.99), map)
+        let mut thresholds = HashMap::new();
+        let mut shares = HashMap::new();
+        for (name, q) in &self.table {
+            let level = site_of(name).map_or(0.0, |s| levels[s]);
+            thresholds.insert(name.clone(), Self::at(q, level));
+            shares.insert(name.clone(), level);
+        }
+        Sparsity::new(overall.clamp(0.0, 0.99), thresholds)?.with_shares(shares)
     }
 
     /// The site levels of the schedule at overall sparsity `level` (linear between its rows),
@@ -446,6 +445,12 @@ mod tests {
         let p = dir.join("t.tsv");
         t.save(&p).unwrap();
         assert_eq!(Thresholds::load(&p).unwrap(), t);
+        // Halfway between two schedule rows: each site halfway between its levels, recorded as
+        // the matrix's calibrated share (which decides its column layout).
+        let sp = t.sparsity(0.2).unwrap();
+        assert!((sp.share("blk.0.attn_k.weight") - 0.05).abs() < 1e-6);
+        assert!((sp.share("blk.0.ffn_down.weight") - 0.4).abs() < 1e-6);
+        assert_eq!(sp.level, 0.2);
         let text = std::fs::read_to_string(&p).unwrap();
         for (bad, what) in [
             ("hello\n".to_string(), "not a thresholds file"),

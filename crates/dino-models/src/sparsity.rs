@@ -13,6 +13,9 @@ pub struct Sparsity {
     /// The target share of zeroed inputs (for reports).
     pub level: f32,
     thresholds: HashMap<String, f32>,
+    /// The share of each matrix's inputs its threshold zeroed on the calibration text, where
+    /// it differs from `level` (a per-site schedule); decides which matrices get column layouts.
+    shares: HashMap<String, f32>,
 }
 
 impl Sparsity {
@@ -29,7 +32,28 @@ impl Sparsity {
                 "sparsity threshold of {name} is {t}: thresholds are finite and >= 0"
             )));
         }
-        Ok(Sparsity { level, thresholds })
+        Ok(Sparsity {
+            level,
+            thresholds,
+            shares: HashMap::new(),
+        })
+    }
+
+    /// Records the calibrated share of zero inputs of each matrix (`name` → share in [0, 1));
+    /// matrices not named are at `level`.
+    pub fn with_shares(mut self, shares: HashMap<String, f32>) -> Result<Sparsity> {
+        if let Some((name, v)) = shares.iter().find(|(_, v)| !(0.0..1.0).contains(*v)) {
+            return Err(Error::invalid(format!(
+                "sparsity share of {name} is {v}: use a share of inputs in [0, 1)"
+            )));
+        }
+        self.shares = shares;
+        Ok(self)
+    }
+
+    /// The share of matrix `name`'s inputs its threshold is calibrated to zero.
+    pub fn share(&self, name: &str) -> f32 {
+        self.shares.get(name).copied().unwrap_or(self.level)
     }
 
     /// The threshold of the matrix `name`; an error naming it when the table has none (a table
@@ -85,5 +109,17 @@ mod tests {
         assert_eq!(s.threshold("a").unwrap(), 0.1);
         let e = s.threshold("blk.0.attn_q.weight").unwrap_err().to_string();
         assert!(e.contains("blk.0.attn_q.weight"), "{e}");
+        assert_eq!(s.share("a"), 0.4);
+        let s = s
+            .with_shares(HashMap::from([("a".to_string(), 0.7)]))
+            .unwrap();
+        assert_eq!((s.share("a"), s.share("b")), (0.7, 0.4));
+        assert!(s
+            .clone()
+            .with_shares(HashMap::from([("a".into(), 1.0)]))
+            .is_err());
+        assert!(s
+            .with_shares(HashMap::from([("a".into(), f32::NAN)]))
+            .is_err());
     }
 }

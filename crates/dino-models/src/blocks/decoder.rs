@@ -15,7 +15,7 @@ use crate::{
 };
 use dino_core::{Error, Result};
 use dino_formats::gguf::GgufFile;
-use dino_kernels::matmul::{self, Epilogue, MatmulScratch, PreNorm};
+use dino_kernels::matmul::{self, Epilogue, MatmulScratch, PreNorm, QMatrix};
 use dino_kernels::ops::{self, AttnShape, RopeParams, RopeStyle};
 use dino_kernels::pool::{SharedMut, ThreadPool};
 use dino_kernels::sparse::ColumnMatrix;
@@ -148,12 +148,14 @@ struct Layer {
 }
 
 /// A layer's matrices in the column layout (`dino_kernels::sparse`): Q, K and V stacked, Wo,
-/// gate and up stacked, down.
+/// gate and up stacked, down. Each is built only where its calibrated share of zero inputs
+/// can reach [`COLUMN_MIN_SPARSITY`] (from [`COLUMN_BUILD_SPARSITY`] on): below it the dense
+/// kernels serve every product and a column copy would only take memory.
 struct LayerColumns {
-    qkv: ColumnMatrix,
-    o: ColumnMatrix,
-    gate_up: ColumnMatrix,
-    down: ColumnMatrix,
+    qkv: Option<ColumnMatrix>,
+    o: Option<ColumnMatrix>,
+    gate_up: Option<ColumnMatrix>,
+    down: Option<ColumnMatrix>,
 }
 
 /// Batches of at most this many tokens take the column-layout products when sparsity is on
@@ -163,9 +165,15 @@ const SPARSE_MAX_TOKENS: usize = 4;
 /// The share of zero inputs from which a column-layout product beats the dense one: below it
 /// the dense kernels run on the zeroed inputs (the same function). Skipping scattered cache
 /// lines defeats the hardware prefetchers' streams, so reading a random 50 % of a matrix's lines
-/// takes as long as reading all of them; `examples/sparse_gemv` (dino-kernels) measured the
-/// crossover at 0.65-0.70 on Qwen2.5-1.5B's shapes (1.15x at 0.7, 1.4x at 0.75, 2.3x at 0.85).
+/// takes as long as reading all of them (`examples/skip_reads`: holes pay in proportion only
+/// between runs of 64 KB); `examples/sparse_gemv` (dino-kernels) measured the crossover at
+/// 0.65-0.70 on Qwen2.5-1.5B's shapes (1.15x at 0.7, 1.4x at 0.75, 2.3x at 0.85).
 const COLUMN_MIN_SPARSITY: f32 = 0.68;
+
+/// The calibrated share of zero inputs from which a matrix gets a column layout at load: one
+/// token's share scatters around the calibrated one, so a site calibrated a little below
+/// [`COLUMN_MIN_SPARSITY`] still crosses it often.
+const COLUMN_BUILD_SPARSITY: f32 = COLUMN_MIN_SPARSITY - 0.1;
 
 /// The inputs activation sparsity thresholds, in [`Layer::sparse`]'s order.
 const ATTN_IN: usize = 0;
@@ -456,20 +464,22 @@ impl Decoder {
             }
             output.repack(&lo.pool)?;
         }
-        if lo.sparsity.is_some() {
+        if let Some(sp) = &lo.sparsity {
             for l in &mut layers {
                 let Ffn::Dense { gate, up, down } = &l.ffn else {
                     unreachable!("checked above")
                 };
                 let p = &lo.pool;
+                let build = |first: &Weight, ms: &[&QMatrix]| {
+                    (sp.share(first.name()) >= COLUMN_BUILD_SPARSITY)
+                        .then(|| ColumnMatrix::from_matrices(p, ms))
+                        .transpose()
+                };
                 let cols = LayerColumns {
-                    qkv: ColumnMatrix::from_matrices(
-                        p,
-                        &[&l.wq.matrix(), &l.wk.matrix(), &l.wv.matrix()],
-                    )?,
-                    o: ColumnMatrix::from_matrices(p, &[&l.wo.matrix()])?,
-                    gate_up: ColumnMatrix::from_matrices(p, &[&gate.matrix(), &up.matrix()])?,
-                    down: ColumnMatrix::from_matrices(p, &[&down.matrix()])?,
+                    qkv: build(&l.wq, &[&l.wq.matrix(), &l.wk.matrix(), &l.wv.matrix()])?,
+                    o: build(&l.wo, &[&l.wo.matrix()])?,
+                    gate_up: build(gate, &[&gate.matrix(), &up.matrix()])?,
+                    down: build(down, &[&down.matrix()])?,
                 };
                 l.cols = Some(Box::new(cols));
             }
@@ -1058,20 +1068,20 @@ impl Decoder {
     /// Zeroes the values of `rows` (inputs of matrices with `n_out` rows in all) below
     /// `threshold`, counting the weights they no longer need.
     /// Whether `n` tokens' product over inputs with `share` zeros (`None`: not sparsified)
-    /// takes the column layouts `cols` (counted for [`Model::column_share`]).
+    /// takes the column layout `col` (outer `None`: a batch too large for columns; inner: the
+    /// site has none), counted for [`Model::column_share`].
     fn by_columns<'c>(
         &self,
-        cols: Option<&'c LayerColumns>,
+        col: Option<Option<&'c ColumnMatrix>>,
         share: Option<f32>,
         n: usize,
-    ) -> Option<&'c LayerColumns> {
-        let (c, share) = (cols?, share?);
+    ) -> Option<&'c ColumnMatrix> {
+        let (col, share) = (col?, share?);
         let [.., products, by_columns] = &self.sparse_counts;
         products.fetch_add(n as u64, Ordering::Relaxed);
-        (share >= COLUMN_MIN_SPARSITY).then(|| {
-            by_columns.fetch_add(n as u64, Ordering::Relaxed);
-            c
-        })
+        let c = col.filter(|_| share >= COLUMN_MIN_SPARSITY)?;
+        by_columns.fetch_add(n as u64, Ordering::Relaxed);
+        Some(c)
     }
 
     /// [`Decoder::sparsify`] at one site's threshold; `None` (nothing done) where the site is
@@ -1177,10 +1187,11 @@ impl Decoder {
             if sparse[ATTN_IN] > 0.0 {
                 let norm = (&l.attn_norm[..], hp.rms_eps);
                 let share = self.norm_and_sparsify(x, norm, xs, sparse[ATTN_IN], qd + 2 * kvd);
-                if let Some(c) = self.by_columns(cols, Some(share), n) {
+                let col = cols.map(|c| c.qkv.as_ref());
+                if let Some(c) = self.by_columns(col, Some(share), n) {
                     let sp = &mut ws.sp[..qd + 2 * kvd];
                     for t in 0..n {
-                        c.qkv.gemv(pool, &xs[t * e..(t + 1) * e], sp, &mut ws.plan);
+                        c.gemv(pool, &xs[t * e..(t + 1) * e], sp, &mut ws.plan);
                         q[t * qd..(t + 1) * qd].copy_from_slice(&sp[..qd]);
                         k[t * kvd..(t + 1) * kvd].copy_from_slice(&sp[qd..qd + kvd]);
                         v[t * kvd..(t + 1) * kvd].copy_from_slice(&sp[qd + kvd..]);
@@ -1395,10 +1406,10 @@ impl Decoder {
             let wo = l.wo.matrix();
             observe(&mut obs, &[&l.wo], att, n, None);
             let share = self.sparsify_site(att, sparse[ATTN_OUT], e);
-            if let Some(c) = self.by_columns(cols, share, n) {
+            if let Some(c) = self.by_columns(cols.map(|c| c.o.as_ref()), share, n) {
                 let post = l.post_attn_norm.as_deref().map(|w| (w, hp.rms_eps));
                 let bufs = (&mut ws.y[..], &mut ws.out_x[..]);
-                sparse_residual(pool, &c.o, att, x, n, post, bufs, &mut ws.plan);
+                sparse_residual(pool, c, att, x, n, post, bufs, &mut ws.plan);
             } else {
                 residual(
                     pool,
@@ -1441,11 +1452,11 @@ impl Decoder {
             if sparse[FFN_IN] > 0.0 {
                 let norm = (&l.ffn_norm[..], hp.rms_eps);
                 let share = self.norm_and_sparsify(x, norm, xs, sparse[FFN_IN], 2 * ff);
-                if let Some(c) = self.by_columns(cols, Some(share), n) {
+                let col = cols.map(|c| c.gate_up.as_ref());
+                if let Some(c) = self.by_columns(col, Some(share), n) {
                     let sp = &mut ws.sp[..2 * ff];
                     for t in 0..n {
-                        c.gate_up
-                            .gemv(pool, &xs[t * e..(t + 1) * e], sp, &mut ws.plan);
+                        c.gemv(pool, &xs[t * e..(t + 1) * e], sp, &mut ws.plan);
                         let (g, u) = sp.split_at_mut(ff);
                         ops::swiglu(g, u);
                         gate[t * ff..(t + 1) * ff].copy_from_slice(g);
@@ -1463,10 +1474,10 @@ impl Decoder {
             let wd = down_w.matrix();
             observe(&mut obs, &[down_w], gate, n, None);
             let share = self.sparsify_site(gate, sparse[FFN_MID], e);
-            if let Some(c) = self.by_columns(cols, share, n) {
+            if let Some(c) = self.by_columns(cols.map(|c| c.down.as_ref()), share, n) {
                 let post = l.post_ffn_norm.as_deref().map(|w| (w, hp.rms_eps));
                 let bufs = (&mut ws.y[..], &mut ws.out_x[..]);
-                sparse_residual(pool, &c.down, gate, x, n, post, bufs, &mut ws.plan);
+                sparse_residual(pool, c, gate, x, n, post, bufs, &mut ws.plan);
                 continue;
             }
             residual(
