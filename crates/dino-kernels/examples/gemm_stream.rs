@@ -4,7 +4,7 @@
 //! costs in its products. "by hand" is the floor to compare with: the same tile kernel called
 //! directly, each thread on its half of the rows, activations quantized outside the timing.
 //!
-//! `[N_MAT=48] [N_OUT=1536] cargo run --release -p dino-kernels --example gemm_stream [TYPE] [THREADS]`
+//! `[N_MAT=48] [N_IN=576] [N_OUT=1536] cargo run --release -p dino-kernels --example gemm_stream [TYPE] [THREADS]`
 use dino_core::GgmlType;
 use dino_kernels::matmul::{self, MatmulScratch, QMatrix};
 use dino_kernels::pool::ThreadPool;
@@ -25,11 +25,11 @@ fn main() {
         .unwrap_or(GgmlType::Q4_1);
     let threads: usize = args.get(2).map_or(2, |s| s.parse().expect("THREADS"));
     let pool = ThreadPool::new(threads);
-    // N_MAT matrices of 576 x N_OUT (default 48 x 1536: about SmolLM2's feed-forward, 24
+    // N_MAT matrices of N_IN x N_OUT (default 48 x 1536: about SmolLM2's feed-forward, 24
     // layers' worth, 26 MB at 4.5 bits).
     let n_mat: usize = std::env::var("N_MAT").map_or(48, |s| s.parse().expect("N_MAT"));
     let n_out: usize = std::env::var("N_OUT").map_or(1536, |s| s.parse().expect("N_OUT"));
-    let n_in = 576usize;
+    let n_in: usize = std::env::var("N_IN").map_or(576, |s| s.parse().expect("N_IN"));
     let rs = ty.row_size(n_in as u64).expect("row size") as usize;
     let x: Vec<f32> = (0..n_in * n_out)
         .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
@@ -37,16 +37,26 @@ fn main() {
     let mut raw = vec![0u8; rs * n_out];
     quantize_row(ty, &x, &mut raw).expect("quantize");
     let q = QMatrix::new("w", &raw, ty, n_in, n_out).expect("matrix");
-    let packed: Vec<_> = (0..n_mat).map(|_| matmul::repack(&pool, &q)).collect();
+    // REPACK=0: the file layout (llama.cpp's kernels and summation order).
+    let repack = std::env::var("REPACK").map_or(true, |v| v != "0");
+    let packed: Vec<_> = (0..n_mat)
+        .map(|_| repack.then(|| matmul::repack(&pool, &q)).flatten())
+        .collect();
+    // Unpacked matrices are copies too, so each product reads its own bytes.
+    let copies: Vec<Vec<u8>> = packed
+        .iter()
+        .map(|p| if p.is_none() { raw.clone() } else { Vec::new() })
+        .collect();
     let mats: Vec<QMatrix> = packed
         .iter()
-        .map(|p| match p {
+        .zip(&copies)
+        .map(|(p, c)| match p {
             Some(p) => QMatrix {
                 data: p,
                 packed: true,
                 ..q
             },
-            None => q,
+            None => QMatrix { data: c, ..q },
         })
         .collect();
     let bytes: usize = mats.iter().map(|m| m.data.len()).sum();
@@ -67,6 +77,19 @@ fn main() {
                 matmul::matmul(&pool, m, &a, n, &mut out, &mut sc);
             }
             best = best.min(t.elapsed().as_secs_f64());
+        }
+        let macs = (n * n_in * n_out * n_mat) as f64;
+        let report = || {
+            println!(
+                "n {n:>2}: {:>7.1} us  {:>6.1} GMAC/s  {:>5.1} GB/s of weights",
+                best * 1e6,
+                macs / best / 1e9,
+                bytes as f64 / best / 1e9
+            )
+        };
+        if !repack {
+            report();
+            continue;
         }
         // The same products by hand: each thread its half of the rows in 256-row tiles.
         let pk = dino_kernels::dispatch::kernels(ty)
@@ -102,12 +125,6 @@ fn main() {
             raw_best = raw_best.min(t.elapsed().as_secs_f64());
         }
         println!("   by hand: {:>7.1} us", raw_best * 1e6);
-        let macs = (n * n_in * n_out * n_mat) as f64;
-        println!(
-            "n {n:>2}: {:>7.1} us  {:>6.1} GMAC/s  {:>5.1} GB/s of weights",
-            best * 1e6,
-            macs / best / 1e9,
-            bytes as f64 / best / 1e9
-        );
+        report();
     }
 }

@@ -36,8 +36,8 @@
 //! - Q5_K: as Q4_K with 64 masks of bit 4 (one per group of 4 elements) before the quants.
 //!   2880 bytes (2.3 % more).
 //! - Q6_K: `d[16]`, `sc[16][16]` i8, then per 128 elements `c`: 16 zmm of low nibbles (zmm
-//!   `i`: groups `i` (low) and `16+i` (high)) and 8 zmm of high bit pairs (zmm `i`: bits
-//!   `2k..2k+2` are group `8k+i`); a group is 4 consecutive elements. 3360 bytes.
+//!   `i`: groups `i` (low) and `16+i` (high)) followed by 8 zmm of high bit pairs (zmm `i`:
+//!   bits `2k..2k+2` are group `8k+i`); a group is 4 consecutive elements. 3360 bytes.
 //!
 //! **Activations** (one row of `n` elements, `n` a multiple of 32): `qs[n]` i8, then `d[n/32]`,
 //! `s32[n/32]` (`d · Σ qs` per 32) and `s16[n/16]` (per 16), all f32 little-endian.
@@ -281,7 +281,7 @@ pub static Q6_K: Layout = Layout {
     ty: GgmlType::Q6_K,
     unit: QK_K,
     block: 16,
-    unit_bytes: Q6K_H + 2 * 512,
+    unit_bytes: Q6K_L + 2 * Q6K_CHUNK,
     pack_unit: pack_q6_k,
     decode: Some(decode_q6_k),
     act: PanelAct::Int8,
@@ -337,10 +337,13 @@ pub(crate) const Q4K_QS: usize = Q4K_M + 8 * ROWS;
 /// Q5_K unit offsets: bit-4 masks, quants (scales as Q4_K).
 pub(crate) const Q5K_H: usize = Q4K_QS;
 pub(crate) const Q5K_QS: usize = Q5K_H + 64 * 8;
-/// Q6_K unit offsets: `sc`, low nibbles, high bit pairs.
+/// Q6_K unit offsets: `sc`, then per 128 elements a chunk of [`Q6K_CHUNK`] bytes, its low
+/// nibbles and then (at [`Q6K_HI`] in the chunk) its high bit pairs: a block's two reads are
+/// 1 KB apart at most and the unit is read front to back.
 pub(crate) const Q6K_SC: usize = 32;
 pub(crate) const Q6K_L: usize = Q6K_SC + 16 * ROWS;
-pub(crate) const Q6K_H: usize = Q6K_L + 2 * 1024;
+pub(crate) const Q6K_HI: usize = 1024;
+pub(crate) const Q6K_CHUNK: usize = Q6K_HI + 512;
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16_from_le([b[2 * i], b[2 * i + 1]])
@@ -568,9 +571,9 @@ fn decode_q5_k(u: &[u8], s: usize, out: &mut Decoded) {
 fn q6k_place(e: usize, r: usize) -> (usize, u32, usize, u32) {
     let (c, g, t) = (e / 128, (e % 128) / 4, e % 4);
     (
-        Q6K_L + 1024 * c + lane(g % 16, r) + t,
+        Q6K_L + Q6K_CHUNK * c + lane(g % 16, r) + t,
         4 * (g / 16) as u32,
-        Q6K_H + 512 * c + lane(g % 8, r) + t,
+        Q6K_L + Q6K_CHUNK * c + Q6K_HI + lane(g % 8, r) + t,
         2 * (g / 8) as u32,
     )
 }
@@ -587,11 +590,11 @@ fn pack_q6_k(rows: &[&[u8]; ROWS], o: &mut [u8]) {
         // so both regions are ggml's bytes moved in 4-byte pieces (see `q6k_place`).
         for c in 0..2 {
             for i in 0..16 {
-                o[Q6K_L + 1024 * c + lane(i, r)..][..4]
+                o[Q6K_L + Q6K_CHUNK * c + lane(i, r)..][..4]
                     .copy_from_slice(&b.ql[64 * c + 4 * i..][..4]);
             }
             for i in 0..8 {
-                o[Q6K_H + 512 * c + lane(i, r)..][..4]
+                o[Q6K_L + Q6K_CHUNK * c + Q6K_HI + lane(i, r)..][..4]
                     .copy_from_slice(&b.qh[32 * c + 4 * i..][..4]);
             }
         }

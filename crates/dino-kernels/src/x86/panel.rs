@@ -205,8 +205,9 @@ impl X16 for Q6K {
     #[inline(always)]
     unsafe fn block(p: *const u8, d: __m512, s: usize, w: &mut [__m512i; 8]) -> (__m512, __m512) {
         let (c, g0) = (s / 8, 4 * (s % 8));
-        let lo = p.add(panel::Q6K_L + 1024 * c + 64 * (g0 % 16));
-        let hi = p.add(panel::Q6K_H + 512 * c + 64 * (g0 % 8));
+        let chunk = p.add(panel::Q6K_L + panel::Q6K_CHUNK * c);
+        let lo = chunk.add(64 * (g0 % 16));
+        let hi = chunk.add(panel::Q6K_HI + 64 * (g0 % 8));
         let ls = _mm_cvtsi32_si128(4 * (g0 / 16) as i32);
         let hs = _mm_cvtsi32_si128(2 * (g0 / 8) as i32);
         let (m4, m2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
