@@ -104,6 +104,16 @@ pub fn repack(pool: &ThreadPool, w: &QMatrix) -> Option<PackedBuf> {
     repack_releasing(pool, w, &mut |_| {})
 }
 
+/// Whether a matrix that mostly computes one token at a time (the output head: one row of
+/// logits per decode step) gains from [`repack`]: the repacked layouts serve prompts best, but
+/// for one token the file layout's per-row Q6_K kernel streams faster than the Q6_K panel
+/// (`examples/gemm_stream`, 40 matrices of 1536 x 8960 from memory, 2 threads: 32 against
+/// 28.5 GB/s; Qwen2.5-Coder-1.5B Q4_K_M, whose Q6_K head is a fifth of a token's reads: tg64
+/// 28.0 -> 30.8 tok/s). The other types' panels are at least as fast for one token.
+pub fn repack_for_decode(ty: GgmlType) -> bool {
+    ty != GgmlType::Q6_K
+}
+
 /// Source bytes packed per step of [`repack_releasing`].
 const REPACK_STEP_BYTES: usize = 2 << 20;
 

@@ -462,7 +462,10 @@ impl Decoder {
                     w.repack(&lo.pool)?;
                 }
             }
-            output.repack(&lo.pool)?;
+            // The output head computes one token per decode step (and the last of a prompt).
+            if matmul::repack_for_decode(output.ty()) {
+                output.repack(&lo.pool)?;
+            }
         }
         if let Some(sp) = &lo.sparsity {
             for l in &mut layers {
