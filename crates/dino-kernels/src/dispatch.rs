@@ -119,6 +119,10 @@ pub struct PackedKernels {
     pub tile: TileFn,
     /// Quantizes f32 activations to the layout's format (`layout.act.row_bytes(n)` bytes).
     pub quantize_act: fn(src: &[f32], dst: &mut [u8]),
+    /// Whether `tile` streams one token's product from memory at least as fast as the file
+    /// layout's kernels: a matrix that computes one token at a time (the output head) is
+    /// repacked only then ([`crate::matmul::repack_for_decode`]).
+    pub one_token: bool,
 }
 
 /// A block of outputs computed in one call: `out[t * n_rows + r] = dot(w row r, a row t)`.
@@ -363,6 +367,7 @@ pub fn packed_reference(t: GgmlType) -> Option<PackedKernels> {
             p::PanelAct::Int8 => p::quantize_act,
             p::PanelAct::F32 => crate::scalar::float::f32_to_bytes,
         },
+        one_token: true,
     })
 }
 

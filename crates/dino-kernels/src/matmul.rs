@@ -105,13 +105,13 @@ pub fn repack(pool: &ThreadPool, w: &QMatrix) -> Option<PackedBuf> {
 }
 
 /// Whether a matrix that mostly computes one token at a time (the output head: one row of
-/// logits per decode step) gains from [`repack`]: the repacked layouts serve prompts best, but
-/// for one token the file layout's per-row Q6_K kernel streams faster than the Q6_K panel
-/// (`examples/gemm_stream`, 40 matrices of 1536 x 8960 from memory, 2 threads: 32 against
-/// 28.5 GB/s; Qwen2.5-Coder-1.5B Q4_K_M, whose Q6_K head is a fifth of a token's reads: tg64
-/// 28.0 -> 30.8 tok/s). The other types' panels are at least as fast for one token.
+/// logits per decode step) should be [`repack`]ed: the repacked layouts serve prompts best,
+/// and the level's table says whether its packed kernel is also the faster one for a single
+/// token (`PackedKernels::one_token`; not so for AVX-512's Q6_K).
 pub fn repack_for_decode(ty: GgmlType) -> bool {
-    ty != GgmlType::Q6_K
+    dispatch::kernels(ty)
+        .and_then(|k| k.packed)
+        .is_none_or(|p| p.one_token)
 }
 
 /// Source bytes packed per step of [`repack_releasing`].

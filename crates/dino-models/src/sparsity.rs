@@ -13,8 +13,9 @@ pub struct Sparsity {
     /// The target share of zeroed inputs (for reports).
     pub level: f32,
     thresholds: HashMap<String, f32>,
-    /// The share of each matrix's inputs its threshold zeroed on the calibration text, where
-    /// it differs from `level` (a per-site schedule); decides which matrices get column layouts.
+    /// The share of each matrix's inputs its threshold zeroed on the calibration text (a
+    /// per-site schedule; a matrix without an entry is at `level`); decides which matrices get
+    /// column layouts.
     shares: HashMap<String, f32>,
 }
 

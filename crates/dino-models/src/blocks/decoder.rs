@@ -1068,8 +1068,6 @@ fn observe(
 }
 
 impl Decoder {
-    /// Zeroes the values of `rows` (inputs of matrices with `n_out` rows in all) below
-    /// `threshold`, counting the weights they no longer need.
     /// Whether `n` tokens' product over inputs with `share` zeros (`None`: not sparsified)
     /// takes the column layout `col` (outer `None`: a batch too large for columns; inner: the
     /// site has none), counted for [`Model::column_share`].
@@ -1093,7 +1091,8 @@ impl Decoder {
         (threshold > 0.0).then(|| self.sparsify(rows, threshold, n_out))
     }
 
-    /// Returns the share of zeros.
+    /// Zeroes the values of `rows` (inputs of matrices with `n_out` rows in all) below
+    /// `threshold`, counting the weights they no longer need; returns the share of zeros.
     fn sparsify(&self, rows: &mut [f32], threshold: f32, n_out: usize) -> f32 {
         let [skipped, all, ..] = &self.sparse_counts;
         let zeros = crate::sparsity::sparsify(rows, threshold);
